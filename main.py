@@ -1,0 +1,51 @@
+r"""Trains and evaluates the SPP-ResNet brain-tumor classifier.
+
+  python main.py --config=configs/default.py --workdir=runs/paper
+  python main.py --config=configs/default.py --workdir=runs/paper --mode=eval
+
+Re-running a command with the same --workdir resumes from its latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (or resume) then evaluate; eval: restore the latest '
+                  'checkpoint of --workdir and evaluate it.')
+flags.DEFINE_string('eval_split', 'test', 'Split to evaluate in --mode=eval.')
+config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # Imported here so that --help and flag errors come back without loading JAX.
+  import jax
+  from spp_resnet.config_validation import ConfigError
+  from spp_resnet.evaluation import metrics
+  from spp_resnet.training import parallel, train
+
+  parallel.initialize_distributed()
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  try:
+    if flags.FLAGS.mode == 'train':
+      result = train.train_and_evaluate(config, workdir)
+      title = 'Final evaluation (test)'
+    else:
+      result = train.evaluate_checkpoint(config, workdir, flags.FLAGS.eval_split)
+      title = f'Checkpoint step {result["step"]} on {flags.FLAGS.eval_split}'
+  except (ConfigError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    print(f'\n{title}\n{metrics.format_table(result, class_names=result.get("class_names"))}')
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,43 @@
+"""Model registry: backbones by name, and the classifier built from `config.model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from spp_resnet.models.classifier import Classifier
+from spp_resnet.models.resnet import RESNET_SPECS, ResNet
+from spp_resnet.models.spp import SpatialPyramidPooling, spatial_pyramid_pool
+
+BACKBONES: dict[str, Callable[..., nnx.Module]] = {
+    f'resnet{depth}': (lambda depth: lambda **kw: ResNet(depth, **kw))(depth)
+    for depth in RESNET_SPECS
+}
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int,
+                 rngs: nnx.Rngs) -> Classifier:
+  if model_config.backbone not in BACKBONES:
+    raise ValueError(f'config.model.backbone: unknown {model_config.backbone!r}; '
+                     f'choose from {sorted(BACKBONES)}')
+  if model_config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'config.model.compute_dtype: {model_config.compute_dtype!r} is not '
+                     f'one of {sorted(COMPUTE_DTYPES)}')
+  dtype = COMPUTE_DTYPES[model_config.compute_dtype]
+  backbone = BACKBONES[model_config.backbone](
+      variant=model_config.variant, dtype=dtype, rngs=rngs)
+  return Classifier(
+      backbone, num_classes=num_classes, pooling=model_config.pooling,
+      spp_levels=tuple(model_config.spp_levels), spp_mode=model_config.spp_mode,
+      spp_channels=model_config.spp_channels, head_hidden=tuple(model_config.head_hidden),
+      dropout=model_config.dropout, head_init_std=model_config.head_init_std,
+      dtype=dtype, rngs=rngs)
+
+
+__all__ = ['BACKBONES', 'Classifier', 'ResNet', 'SpatialPyramidPooling', 'create_model',
+           'spatial_pyramid_pool']

@@ -1,0 +1,70 @@
+"""Backbone + pooling + fully connected head: the paper's SPP-ResNet classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from spp_resnet.models import spp as spp_lib
+
+
+class Classifier(nnx.Module):
+  """features = backbone(x); pooled = SPP or global average; FC head -> logits.
+
+  The head is `len(hidden) + 1` fully connected layers initialized N(0, std^2) with zero
+  biases, ReLU and dropout after each hidden layer (the paper: dropout 0.5 after the
+  first two). Two classes give one logit (sigmoid cross-entropy); more give one per class.
+  """
+
+  def __init__(self, backbone: nnx.Module, *, num_classes: int,
+               pooling: Literal['spp', 'gap'] = 'spp',
+               spp_levels: Sequence[int] = (1, 4, 8), spp_mode: str = 'max',
+               spp_channels: int = 0, head_hidden: Sequence[int] = (512, 512),
+               dropout: float = 0.5, head_init_std: float = 0.01,
+               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    if num_classes < 2:
+      raise ValueError(f'num_classes must be >= 2, got {num_classes}')
+    if pooling not in ('spp', 'gap'):
+      raise ValueError(f"model.pooling must be 'spp' or 'gap', got {pooling!r}")
+    self.backbone = backbone
+    self.pooling = pooling
+    channels = backbone.num_features
+    # Optional 1x1 reduction before SPP (the paper mentions 256-channel maps).
+    self.reduce = None
+    if spp_channels:
+      self.reduce = nnx.Conv(channels, spp_channels, (1, 1), dtype=dtype, rngs=rngs)
+      channels = spp_channels
+    self.spp = spp_lib.SpatialPyramidPooling(spp_levels, spp_mode) if pooling == 'spp' else None
+    features = channels * (spp_lib.num_bins(spp_levels) if pooling == 'spp' else 1)
+    init = nnx.initializers.normal(head_init_std)
+    dense = []
+    for width in (*head_hidden, 1 if num_classes == 2 else num_classes):
+      dense.append(nnx.Linear(features, width, kernel_init=init, dtype=dtype, rngs=rngs))
+      features = width
+    self.dense = nnx.List(dense)
+    self.dropout = nnx.Dropout(dropout)
+    self.num_classes = num_classes
+
+  def pool(self, features: jax.Array) -> jax.Array:
+    if self.reduce is not None:
+      features = nnx.relu(self.reduce(features))
+    if self.spp is not None:
+      return self.spp(features)
+    return features.mean(axis=(1, 2))
+
+  def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None = None,
+               batch_norm_train: bool | None = None) -> jax.Array:
+    """x: [B, H, W, 3] normalized images -> float32 logits [B, 1] or [B, K].
+
+    `train` switches dropout and, unless `batch_norm_train` says otherwise, BatchNorm
+    batch statistics (False freezes them: transfer learning on small batches).
+    """
+    bn_train = train if batch_norm_train is None else batch_norm_train
+    h = self.pool(self.backbone(x, train=bn_train))
+    for layer in self.dense[:-1]:
+      h = self.dropout(nnx.relu(layer(h)), deterministic=not train, rngs=rngs)
+    return self.dense[-1](h).astype(jnp.float32)

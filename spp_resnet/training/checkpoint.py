@@ -1,0 +1,50 @@
+"""Orbax checkpoints of the train state together with the input iterator's position.
+
+Each checkpoint holds the train state and the Grain iterator state of the same step, so a
+run restarted in the same workdir continues with exactly the batches it would have seen.
+Orbax writes to a temporary directory and renames it when complete, so a run killed while
+saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, *, keep: int = 3, save_every_steps: int = 0):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=('state', 'data'))
+    self.save_every_steps = save_every_steps
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None) -> None:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    """Restores into `abstract_state`'s structure and shardings (and the iterator)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {self.directory}')
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,113 @@
+"""Architecture tests: parameter counts, shapes, SPP against a NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from spp_resnet.models import Classifier, ResNet, spatial_pyramid_pool
+from spp_resnet.models import spp as spp_lib
+
+
+def num_params(module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+@pytest.mark.parametrize('depth,variant,expected', [
+    # torchvision resnet50 without fc: 25,557,032 - 2048 * 1000 - 1000.
+    (50, 'v1.5', 23_508_032),
+    # keras.applications.ResNet50(include_top=False): 23,534,592 trainable (conv biases).
+    (50, 'v1', 23_534_592),
+    (18, 'v1.5', 11_176_512),   # torchvision resnet18: 11,689,512 - 513,000
+    (34, 'v1.5', 21_284_672),   # torchvision resnet34: 21,797,672 - 513,000
+    (101, 'v1.5', 42_500_160),  # torchvision resnet101: 44,549,160 - 2,049,000
+    (152, 'v1.5', 58_143_808),  # torchvision resnet152: 60,192,808 - 2,049,000
+])
+def test_parameter_counts(depth, variant, expected):
+  model = nnx.eval_shape(lambda: ResNet(depth, variant, rngs=nnx.Rngs(0)))
+  assert num_params(model) == expected
+
+
+def test_stride_placement():
+  """v1 strides the first 1x1 conv of a downsampling bottleneck, v1.5 the 3x3 conv."""
+  v1 = nnx.eval_shape(lambda: ResNet(50, 'v1', rngs=nnx.Rngs(0)))
+  v15 = nnx.eval_shape(lambda: ResNet(50, 'v1.5', rngs=nnx.Rngs(0)))
+  assert v1.stages[1][0].conv1.strides == (2, 2) and v1.stages[1][0].conv2.strides == (1, 1)
+  assert v15.stages[1][0].conv1.strides == (1, 1) and v15.stages[1][0].conv2.strides == (2, 2)
+  assert v1.stem_bn.epsilon == 1.001e-5 and v15.stem_bn.epsilon == 1e-5
+  assert v1.stem_conv.use_bias and not v15.stem_conv.use_bias
+
+
+def test_resnet_feature_shapes():
+  model = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
+  outs = model.stage_outputs(jnp.zeros((1, 96, 64, 3)), train=False)
+  assert outs['stem'].shape == (1, 24, 16, 64)
+  assert outs['stage4'].shape == (1, 3, 2, 512)
+
+
+def spp_reference(x: np.ndarray, levels, mode) -> np.ndarray:
+  """Loop-by-bin SPP with torch's adaptive-pooling bin edges."""
+  batch, height, width, channels = x.shape
+  out = []
+  for n in levels:
+    level = np.zeros((batch, n, n, channels), x.dtype)
+    for i in range(n):
+      r0, r1 = int(np.floor(i * height / n)), int(np.ceil((i + 1) * height / n))
+      for j in range(n):
+        c0, c1 = int(np.floor(j * width / n)), int(np.ceil((j + 1) * width / n))
+        window = x[:, r0:r1, c0:c1, :]
+        level[:, i, j] = window.max(axis=(1, 2)) if mode == 'max' else window.mean(axis=(1, 2))
+    out.append(level.reshape(batch, -1))
+  return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 7, 5), (1, 8, 8, 3), (2, 3, 5, 4), (1, 1, 1, 2),
+                                   (1, 13, 9, 2)])
+@pytest.mark.parametrize('mode', ['max', 'avg'])
+def test_spp_matches_numpy_reference(shape, mode):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  levels = (1, 4, 8)
+  got = jax.jit(lambda x: spatial_pyramid_pool(x, levels, mode))(x)
+  np.testing.assert_allclose(np.asarray(got), spp_reference(x, levels, mode),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_spp_bins_cover_small_maps():
+  # 7 positions into 8 bins: every bin non-empty, the whole axis covered.
+  edges = spp_lib.bin_edges(7, 8)
+  assert all(stop > start for start, stop in edges)
+  assert edges[0][0] == 0 and edges[-1][1] == 7
+
+
+def test_classifier_output_length_independent_of_input_size():
+  backbone = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
+  model = Classifier(backbone, num_classes=2, head_hidden=(8, 8), rngs=nnx.Rngs(1))
+  assert model.dense[0].in_features == 512 * 81
+  pooled = [model.pool(backbone(jnp.zeros((1, h, w, 3)), train=False)).shape
+            for h, w in [(224, 224), (256, 256), (224, 160), (64, 64)]]
+  assert all(p == (1, 512 * 81) for p in pooled)
+  assert model(jnp.zeros((2, 96, 80, 3)), train=False).shape == (2, 1)
+
+
+def test_classifier_head_init_and_outputs():
+  backbone = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
+  model = Classifier(backbone, num_classes=4, pooling='gap', head_hidden=(256, 128),
+                     head_init_std=0.01, rngs=nnx.Rngs(1))
+  kernel = np.asarray(model.dense[0].kernel.value)
+  assert abs(kernel.std() - 0.01) < 0.001 and abs(kernel.mean()) < 0.001
+  assert not np.asarray(model.dense[0].bias.value).any()
+  assert [d.out_features for d in model.dense] == [256, 128, 4]
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  # Dropout is active in training only.
+  a = model(x, train=True, rngs=nnx.Rngs(dropout=0), batch_norm_train=False)
+  b = model(x, train=True, rngs=nnx.Rngs(dropout=1), batch_norm_train=False)
+  c = model(x, train=False)
+  assert not np.allclose(a, b)
+  np.testing.assert_allclose(c, model(x, train=False))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = ResNet(18, 'v1.5', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert model(jnp.zeros((1, 64, 64, 3)), train=False).dtype == jnp.bfloat16
