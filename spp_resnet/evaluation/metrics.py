@@ -1,0 +1,307 @@
+"""Classification metrics: a device-side confusion matrix and host-side summaries.
+
+The jitted eval step only accumulates `confusion_matrix` (plus, for ROC AUC, the
+per-example class probabilities); everything else is computed on the host from those.
+
+Conventions:
+  * Confusion matrices are indexed [true class, predicted class].
+  * A ratio whose denominator is zero (precision of a class that is never predicted,
+    recall of a class absent from the labels, ...) is 0.0, as with scikit-learn's
+    `zero_division=0`, so that macro averages stay finite.
+  * ROC AUC is nan when it is undefined: the labels hold only one of the two sides
+    (all positive or all negative), or a score is nan.
+"""
+
+from collections.abc import Mapping, Sequence
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Metrics computed per class in the multi-class case, in table order.
+_PER_CLASS = ('precision', 'recall', 'sensitivity', 'specificity', 'f1', 'roc_auc')
+
+
+# ---- Device side ------------------------------------------------------------------------
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, mask: jax.Array,
+                     num_classes: int) -> jax.Array:
+  """int32 [K, K] counts of (true, predicted) pairs over the examples where `mask`.
+
+  Jit-safe (`num_classes` must be static) and additive, so per-batch matrices can be
+  summed. Labels or predictions outside [0, K) are not counted.
+  """
+  true_onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+  pred_onehot = jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
+  true_onehot = true_onehot * mask.astype(jnp.int32)[:, None]
+  # An elementwise product and sum rather than a matmul: exact integer counts whatever
+  # the backend's matmul precision, and B*K*K is tiny for a handful of classes.
+  return jnp.sum(true_onehot[:, :, None] * pred_onehot[:, None, :], axis=0)
+
+
+# ---- Host side --------------------------------------------------------------------------
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+  return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def _class_stats(confusion: np.ndarray, k: int) -> dict[str, float]:
+  """One-vs-rest precision, recall (= sensitivity), specificity and F1 of class k."""
+  tp = confusion[k, k]
+  fn = confusion[k].sum() - tp
+  fp = confusion[:, k].sum() - tp
+  tn = confusion.sum() - tp - fn - fp
+  recall = _ratio(tp, tp + fn)
+  return {
+      'precision': _ratio(tp, tp + fp),
+      'recall': recall,
+      'sensitivity': recall,
+      'specificity': _ratio(tn, tn + fp),
+      # 2TP / (2TP + FP + FN) is the harmonic mean of precision and recall, and is 0
+      # (not 0/0) when TP = 0.
+      'f1': _ratio(2 * tp, 2 * tp + fp + fn),
+  }
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Exact ROC AUC: the Mann-Whitney probability that a positive outscores a negative.
+
+  Tied positive/negative pairs count 1/2 (average ranks). `labels` are booleans or 0/1
+  with 1 = positive. nan if there are no positives, no negatives, or a nan score.
+  """
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  if scores.shape != positive.shape:
+    raise ValueError(f'{scores.shape[0]} scores but {positive.shape[0]} labels')
+  num_pos = int(positive.sum())
+  num_neg = positive.size - num_pos
+  if num_pos == 0 or num_neg == 0 or np.isnan(scores).any():
+    return math.nan
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  # 1-based rank of each distinct value, averaged over its ties.
+  average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+  rank_sum = average_rank[inverse][positive].sum()
+  return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def roc_curve(scores: np.ndarray,
+              labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fpr, tpr, thresholds) with one point per distinct score, from (0, 0) to (1, 1).
+
+  Point i counts `score >= thresholds[i]` as positive; the first threshold is +inf.
+  The trapezoidal area under the curve equals `roc_auc`.
+  """
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  if scores.shape != positive.shape:
+    raise ValueError(f'{scores.shape[0]} scores but {positive.shape[0]} labels')
+  num_pos = int(positive.sum())
+  num_neg = positive.size - num_pos
+  if num_pos == 0 or num_neg == 0:
+    raise ValueError('ROC curve needs both positive and negative labels')
+  order = np.argsort(-scores, kind='stable')
+  scores, positive = scores[order], positive[order]
+  # The last index of each run of equal scores: all ties switch at one threshold.
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+  true_pos = np.cumsum(positive)[last_of_tie]
+  false_pos = (last_of_tie + 1) - true_pos
+  fpr = np.r_[0.0, false_pos / num_neg]
+  tpr = np.r_[0.0, true_pos / num_pos]
+  thresholds = np.r_[np.inf, scores[last_of_tie]]
+  return fpr, tpr, thresholds
+
+
+def compute_metrics(confusion: np.ndarray,
+                    scores: np.ndarray | None = None,
+                    labels: np.ndarray | None = None,
+                    class_names: Sequence[str] | None = None,
+                    positive_class: int = 1) -> dict[str, float]:
+  """Summary metrics of a [K, K] confusion matrix (rows true, columns predicted).
+
+  Always: 'accuracy' and 'num_examples'.
+  Binary (K = 2): 'precision', 'recall', 'sensitivity' (= recall), 'specificity' and
+    'f1' of `positive_class`, and 'roc_auc' when `scores` (the probability of the
+    positive class [N], or class probabilities [N, 2]) and `labels` [N] are given.
+  Multi-class: '<metric>/<class name>' for each class and metric (one vs rest), and
+    '<metric>' = their unweighted (macro) mean; 'roc_auc' needs scores [N, K]. The
+    macro AUC is nan when some class's AUC is.
+  All values are Python floats, ready for `MetricWriter.write`.
+  """
+  confusion = np.asarray(confusion, np.int64)
+  num_classes = confusion.shape[0]
+  if confusion.ndim != 2 or confusion.shape != (num_classes, num_classes):
+    raise ValueError(f'confusion must be square, got shape {confusion.shape}')
+  if num_classes < 2:
+    raise ValueError('need at least two classes')
+  if (scores is None) != (labels is None):
+    raise ValueError('pass scores and labels together')
+
+  total = confusion.sum()
+  metrics = {
+      'accuracy': _ratio(np.trace(confusion), total),
+      'num_examples': float(total),
+  }
+  if scores is not None:
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels).ravel()
+    if labels.size != total:
+      raise ValueError(f'{labels.size} labels but {total} examples in the confusion matrix')
+
+  if num_classes == 2:
+    if positive_class not in (0, 1):
+      raise ValueError(f'positive_class must be 0 or 1, got {positive_class}')
+    metrics.update(_class_stats(confusion, positive_class))
+    if scores is not None:
+      if scores.ndim == 2:
+        scores = scores[:, positive_class]
+      metrics['roc_auc'] = roc_auc(scores, labels == positive_class)
+    return metrics
+
+  names = [str(k) for k in range(num_classes)] if class_names is None else list(class_names)
+  if len(names) != num_classes:
+    raise ValueError(f'{len(names)} class names for {num_classes} classes')
+  per_class = [_class_stats(confusion, k) for k in range(num_classes)]
+  if scores is not None:
+    if scores.shape != (labels.size, num_classes):
+      raise ValueError(f'multi-class scores must be [N, {num_classes}], got {scores.shape}')
+    for k, stats in enumerate(per_class):
+      stats['roc_auc'] = roc_auc(scores[:, k], labels == k)
+  for metric in per_class[0]:
+    # Plain mean, not nanmean: a macro AUC over only some classes would mislead.
+    metrics[metric] = float(np.mean([stats[metric] for stats in per_class]))
+  for name, stats in zip(names, per_class):
+    for metric, value in stats.items():
+      metrics[f'{metric}/{name}'] = value
+  return metrics
+
+
+# ---- Intervals over folds / seeds -------------------------------------------------------
+
+
+class ConfidenceInterval(NamedTuple):
+  mean: float
+  low: float
+  high: float
+
+  @property
+  def half_width(self) -> float:
+    return (self.high - self.low) / 2.0
+
+  def format(self, digits: int = 4) -> str:
+    """'0.9512 ± 0.0123' ('0.9512' alone when the interval is undefined)."""
+    if math.isnan(self.half_width):
+      return f'{self.mean:.{digits}f}'
+    return f'{self.mean:.{digits}f} ± {self.half_width:.{digits}f}'
+
+
+def t_quantile(probability: float, df: int) -> float:
+  """Quantile of Student's t distribution with `df` degrees of freedom."""
+  # scipy is a hard dependency of jax, so always installed; scipy.special is a much
+  # lighter import than scipy.stats.
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  return float(special.stdtrit(df, probability))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> ConfidenceInterval:
+  """Mean and two-sided Student-t interval (sample std, n - 1 dof), e.g. over folds.
+
+  With a single value the bounds are nan.
+  """
+  values = np.asarray(values, np.float64).ravel()
+  if values.size == 0:
+    raise ValueError('mean_ci of no values')
+  mean = float(values.mean())
+  if values.size == 1:
+    return ConfidenceInterval(mean, math.nan, math.nan)
+  std_error = values.std(ddof=1) / math.sqrt(values.size)
+  half_width = t_quantile((1.0 + confidence) / 2.0, values.size - 1) * std_error
+  return ConfidenceInterval(mean, mean - half_width, mean + half_width)
+
+
+def bootstrap_ci(values: Sequence[float],
+                 confidence: float = 0.95,
+                 num_resamples: int = 10_000,
+                 seed: int = 0) -> ConfidenceInterval:
+  """Mean and percentile-bootstrap interval, e.g. of per-example correctness.
+
+  Unlike `mean_ci` it assumes no normality, but it is too narrow for a handful of
+  values; prefer `mean_ci` over a few folds or seeds.
+  """
+  values = np.asarray(values, np.float64).ravel()
+  if values.size == 0:
+    raise ValueError('bootstrap_ci of no values')
+  rng = np.random.default_rng(seed)
+  resample_indices = rng.integers(0, values.size, (num_resamples, values.size))
+  resampled_means = values[resample_indices].mean(axis=1)
+  tail = (1.0 - confidence) / 2.0
+  low, high = np.quantile(resampled_means, [tail, 1.0 - tail])
+  return ConfidenceInterval(float(values.mean()), float(low), float(high))
+
+
+# ---- Tables -----------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+  """A Markdown pipe table padded to align in a console; numbers right-aligned."""
+  cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+  numeric = [bool(rows) and all(_looks_numeric(row[i]) for row in cells[1:])
+             for i in range(len(header))]
+
+  def line(row):
+    padded = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric))
+    return '| ' + ' | '.join(padded) + ' |'
+
+  rule = '|' + '|'.join(('-' * (w + 1) + ':') if num else ('-' * (w + 2))
+                        for w, num in zip(widths, numeric)) + '|'
+  return '\n'.join([line(cells[0]), rule] + [line(row) for row in cells[1:]])
+
+
+def _looks_numeric(text: str) -> bool:
+  try:
+    float(text.split(' ± ')[0])  # also a `ConfidenceInterval.format` cell
+    return True
+  except ValueError:
+    return False
+
+
+def format_table(metrics: Mapping[str, float],
+                 confusion: np.ndarray | None = None,
+                 class_names: Sequence[str] | None = None,
+                 digits: int = 4) -> str:
+  """Markdown tables of `compute_metrics` output: summary, per class, confusion matrix.
+
+  The per-class table is built from '<metric>/<class>' keys; the confusion matrix is
+  shown when given, labelled with `class_names` (default: 0..K-1).
+  """
+
+  def fmt(value):
+    return f'{value:.{digits}f}' if isinstance(value, float) else str(value)
+
+  summary = [(key, fmt(int(value) if key == 'num_examples' else value))
+             for key, value in metrics.items() if '/' not in key]
+  sections = [markdown_table(('metric', 'value'), summary)]
+
+  per_class: dict[str, dict[str, float]] = {}
+  for key, value in metrics.items():
+    metric, slash, name = key.partition('/')
+    if slash:
+      per_class.setdefault(name, {})[metric] = value
+  if per_class:
+    columns = [m for m in _PER_CLASS if any(m in row for row in per_class.values())]
+    rows = [[name] + [fmt(row.get(m, math.nan)) for m in columns]
+            for name, row in per_class.items()]
+    rows.append(['macro'] + [fmt(metrics.get(m, math.nan)) for m in columns])
+    sections.append(markdown_table(['class'] + columns, rows))
+
+  if confusion is not None:
+    confusion = np.asarray(confusion)
+    names = (list(class_names) if class_names is not None else
+             [str(k) for k in range(confusion.shape[0])])
+    rows = [[name] + [int(c) for c in row] for name, row in zip(names, confusion)]
+    sections.append(markdown_table(['true \\ predicted'] + names, rows))
+  return '\n\n'.join(sections)

@@ -1,0 +1,100 @@
+"""PNG figures: ROC curves, confusion matrices and training curves.
+
+Figures are built with matplotlib's object API (`Figure`, no pyplot), which renders
+with Agg without touching the global backend or pyplot's figure registry, so it is
+safe in headless jobs and leaks no figures.
+"""
+
+from collections.abc import Mapping, Sequence
+import os
+
+from matplotlib.figure import Figure
+import numpy as np
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+  directory = os.path.dirname(os.fspath(path))
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  fig.savefig(path, format='png', dpi=120, bbox_inches='tight')
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+             path: str | os.PathLike,
+             title: str = 'ROC') -> None:
+  """ROC curves, one per name -> (fpr, tpr, auc), e.g. from `metrics.roc_curve`."""
+  fig = Figure(figsize=(5, 5))
+  ax = fig.subplots()
+  for name, (fpr, tpr, auc) in curves.items():
+    ax.plot(fpr, tpr, lw=1.5, label=f'{name} (AUC = {auc:.3f})')
+  ax.plot([0, 1], [0, 1], ls='--', color='gray', lw=1, label='chance')
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='False positive rate (1 - specificity)',
+         ylabel='True positive rate (sensitivity)', title=title, aspect='equal')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right', fontsize='small')
+  _save(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray,
+                   class_names: Sequence[str],
+                   path: str | os.PathLike,
+                   normalize: bool = False,
+                   title: str = 'Confusion matrix') -> None:
+  """Heat map with counts in each cell; `normalize` divides each row by its total
+  (so the diagonal shows per-class recall; empty rows stay 0)."""
+  confusion = np.asarray(confusion)
+  num_classes = confusion.shape[0]
+  if len(class_names) != num_classes:
+    raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
+  values = confusion.astype(np.float64)
+  if normalize:
+    row_totals = values.sum(axis=1, keepdims=True)
+    values = np.divide(values, row_totals, out=np.zeros_like(values), where=row_totals > 0)
+
+  size = 2.0 + 0.9 * num_classes
+  fig = Figure(figsize=(size + 1.0, size))
+  ax = fig.subplots()
+  image = ax.imshow(values, cmap='Blues', vmin=0.0, vmax=1.0 if normalize else None)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  threshold = (values.max() or 1.0) / 2.0  # white text on dark cells
+  for i in range(num_classes):
+    for j in range(num_classes):
+      text = f'{values[i, j]:.2f}' if normalize else f'{int(confusion[i, j])}'
+      ax.text(j, i, text, ha='center', va='center',
+              color='white' if values[i, j] > threshold else 'black')
+  ticks = np.arange(num_classes)
+  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+  ax.set_yticks(ticks, class_names)
+  ax.set(xlabel='Predicted', ylabel='True', title=title)
+  _save(fig, path)
+
+
+def plot_training_curves(history: Sequence[Mapping[str, float]],
+                         path: str | os.PathLike,
+                         metrics: Sequence[str] = ('loss', 'accuracy')) -> None:
+  """One panel per metric, one line per split ('train/loss', 'test/loss', ...),
+  against 'epoch'. Rows without a key are skipped, so train and eval rows logged
+  separately (e.g. by `writers.read_metrics`) plot together."""
+  panels = {metric: {} for metric in metrics}  # metric -> split -> [(epoch, value)]
+  for row in history:
+    if 'epoch' not in row:
+      continue
+    for key, value in row.items():
+      split, slash, metric = key.partition('/')
+      if slash and metric in panels:
+        panels[metric].setdefault(split, []).append((row['epoch'], value))
+  panels = {metric: lines for metric, lines in panels.items() if lines}
+  if not panels:
+    raise ValueError(f'history has none of the metrics {list(metrics)}')
+
+  fig = Figure(figsize=(4.5 * len(panels), 3.5))
+  axes = np.atleast_1d(fig.subplots(1, len(panels)))
+  for ax, (metric, lines) in zip(axes, panels.items()):
+    for split, points in sorted(lines.items()):
+      epochs, values = zip(*sorted(points))
+      ax.plot(epochs, values, marker='o' if len(points) < 30 else None, ms=3, label=split)
+    ax.set(xlabel='epoch', title=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small')
+  fig.tight_layout()
+  _save(fig, path)
