@@ -27,7 +27,6 @@ def main(argv):
   # Imported here so that --help and flag errors come back without loading JAX.
   import jax
   from spp_resnet.config_validation import ConfigError
-  from spp_resnet.evaluation import metrics
   from spp_resnet.training import parallel, train
 
   parallel.initialize_distributed()
@@ -38,12 +37,12 @@ def main(argv):
       title = 'Final evaluation (test)'
     else:
       result = train.evaluate_checkpoint(config, workdir, flags.FLAGS.eval_split)
-      title = f'Checkpoint step {result["step"]} on {flags.FLAGS.eval_split}'
+      title = f'Checkpoint step {result.step} on {flags.FLAGS.eval_split}'
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if jax.process_index() == 0:
-    print(f'\n{title}\n{metrics.format_table(result, class_names=result.get("class_names"))}')
+    print(f'\n{title}\n{result.table()}')
 
 
 if __name__ == '__main__':

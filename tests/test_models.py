@@ -94,9 +94,9 @@ def test_classifier_head_init_and_outputs():
   backbone = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
   model = Classifier(backbone, num_classes=4, pooling='gap', head_hidden=(256, 128),
                      head_init_std=0.01, rngs=nnx.Rngs(1))
-  kernel = np.asarray(model.dense[0].kernel.value)
+  kernel = np.asarray(model.dense[0].kernel[...])
   assert abs(kernel.std() - 0.01) < 0.001 and abs(kernel.mean()) < 0.001
-  assert not np.asarray(model.dense[0].bias.value).any()
+  assert not np.asarray(model.dense[0].bias[...]).any()
   assert [d.out_features for d in model.dense] == [256, 128, 4]
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
   # Dropout is active in training only.

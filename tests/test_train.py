@@ -1,6 +1,5 @@
 """End-to-end training: it learns, resumes exactly after SIGKILL, is data-parallel."""
 
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from spp_resnet.evaluation.writers import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,10 +43,6 @@ def run_main(workdir, *overrides, env=None, mode='train', check=True, wait=True)
   return proc
 
 
-def read_jsonl(path):
-  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def final_state(workdir):
   """The state pytree of the latest checkpoint, as NumPy."""
   manager = ocp.CheckpointManager(Path(workdir) / 'checkpoints', item_names=('state', 'data'))
@@ -70,7 +67,7 @@ def reference_run(tmp_path_factory):
 
 def test_training_learns_and_eval_restores_metrics(reference_run):
   workdir, proc = reference_run
-  history = read_jsonl(workdir / 'metrics.jsonl')
+  history = read_metrics(workdir)
   assert [row['epoch'] for row in history] == [1, 2, 3]
   # The phantom lesions are learnable: clearly better than the majority class.
   assert history[-1]['test/accuracy'] >= 0.8, history[-1]
@@ -107,7 +104,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(reference_run, tmp_path):
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert read_jsonl(reference_dir / 'metrics.jsonl') == read_jsonl(workdir / 'metrics.jsonl')
+  assert read_metrics(reference_dir) == read_metrics(workdir)
 
 
 def _train_params(workdir, env):

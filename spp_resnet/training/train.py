@@ -221,7 +221,20 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
 # ---------------------------------------------------------------------------------------
 # Evaluation.
 
-def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class EvalResult:
+  metrics: dict[str, float]  # scalars from metrics.compute_metrics, plus 'loss'
+  confusion: np.ndarray      # [K, K], rows = true class
+  probs: np.ndarray          # [N, K] class probabilities of the evaluated examples
+  labels: np.ndarray         # [N]
+  class_names: list[str]
+  step: int | None = None
+
+  def table(self) -> str:
+    return metrics_lib.format_table(self.metrics, self.confusion, self.class_names)
+
+
+def evaluate(exp: Experiment, state: TrainState, split: str) -> EvalResult:
   """Metrics over a whole split; one host sync at the end."""
   num_classes = exp.pipeline.num_classes
   confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
@@ -242,10 +255,8 @@ def evaluate(exp: Experiment, state: TrainState, split: str) -> dict[str, Any]:
   result = metrics_lib.compute_metrics(confusion, scores=scores, labels=labels,
                                        class_names=exp.pipeline.class_names)
   result['loss'] = float(loss_sum) / max(1, int(masks.sum()))
-  result['class_names'] = list(exp.pipeline.class_names)
-  result['probs'] = probs
-  result['labels'] = labels
-  return result
+  return EvalResult(metrics=result, confusion=confusion, probs=probs, labels=labels,
+                    class_names=list(exp.pipeline.class_names))
 
 
 def _gather_batches(local: np.ndarray) -> np.ndarray:
@@ -255,11 +266,6 @@ def _gather_batches(local: np.ndarray) -> np.ndarray:
     gathered = np.asarray(multihost_utils.process_allgather(local))  # [P, N, b]
     local = gathered.transpose(1, 0, 2)
   return local.reshape(-1)
-
-
-def scalar_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
-  return {f'{prefix}/{k}': float(v) for k, v in metrics.items()
-          if np.ndim(v) == 0 and not isinstance(v, str)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,9 +278,7 @@ def _restore_or_init(exp: Experiment, workdir: str) -> TrainState:
   logging.info('Resuming from the checkpoint at step %d in %s.', step, workdir)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), exp.state)
-  state = exp.checkpointer.restore(abstract, exp.pipeline.train_iter, step)
-  writers.truncate_metrics(workdir, after_step=step)
-  return state
+  return exp.checkpointer.restore(abstract, exp.pipeline.train_iter, step)
 
 
 def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None) -> None:
@@ -286,7 +290,7 @@ def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None
         're-run with the same workdir to resume from it.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   """Trains (resuming from `workdir` if it holds a checkpoint); returns final metrics."""
   os.makedirs(workdir, exist_ok=True)
   exp = setup(config, workdir)
@@ -294,13 +298,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
-  writer = writers.MetricWriter(workdir, process_index=jax.process_index())
-  progress = writers.ProgressLogger(exp.total_steps, steps_per_epoch)
+  writer = writers.MetricWriter(workdir, process_index=jax.process_index(),
+                                resume_step=start or None)
+  progress = writers.ProgressLogger(exp.total_steps, steps_per_epoch, config.batch_size,
+                                    start_step=start)
   last_checkpoint = exp.checkpointer.latest_step()
   logging.info('Training %d steps (%d epochs of %d) on %d devices, global batch %d.',
                exp.total_steps, config.num_epochs, steps_per_epoch, jax.device_count(),
                config.batch_size)
-  final = {}
+  final = None
   for step in range(start + 1, exp.total_steps + 1):
     batch = parallel.global_batch(next(pipeline.train_iter), exp.mesh)
     state = exp.steps.train(state, batch)
@@ -311,15 +317,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sums = jax.device_get(state.train_sums)
       if config.halt_on_nan:
         _check_finite(sums, step, last_checkpoint)
-      progress.log(step, loss=sums['loss'] / max(sums['count'], 1))
+      progress.log(step, {'loss': sums['loss'] / max(sums['count'], 1)})
     if end_of_epoch:
       scalars = {'train/loss': sums['loss'] / sums['count'],
                  'train/accuracy': sums['correct'] / sums['count']}
       if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
         final = evaluate(exp, state, 'test')
-        scalars.update(scalar_metrics('test', final))
-        logging.info('Epoch %d/%d\n%s', epoch, config.num_epochs,
-                     metrics_lib.format_table(final, class_names=pipeline.class_names))
+        scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
+        logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
       writer.write(step, epoch, scalars)
       state = state.replace(train_sums=_zero_sums())
     if save:
@@ -328,13 +333,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   exp.checkpointer.wait()
   exp.checkpointer.close()
   writer.close()
-  if not final:  # Nothing left to train (resumed from the final checkpoint).
+  if final is None:  # Nothing left to train (resumed from the final checkpoint).
     final = evaluate(exp, state, 'test')
   return final
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        split: str = 'test') -> dict[str, Any]:
+                        split: str = 'test') -> EvalResult:
   """Restores the latest checkpoint of `workdir` and evaluates it on `split`."""
   exp = setup(config, workdir)
   step = exp.checkpointer.latest_step()
@@ -346,7 +351,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   state = exp.checkpointer.restore(abstract, step=step)
   exp.checkpointer.close()
   result = evaluate(exp, state, split)
-  result['step'] = step
+  result.step = step
   return result
 
 
