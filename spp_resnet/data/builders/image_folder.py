@@ -1,0 +1,198 @@
+"""`image_folder`: any folder of images with one sub-folder per class.
+
+For your own data, and for evaluating a checkpoint on an outside dataset. Layouts:
+
+    root/<class>/**/<image>            -> one TFDS split, `train`
+    root/<split>/<class>/**/<image>    -> one TFDS split per split folder
+
+The second layout is used when every top-level folder is a split name
+(case-insensitive): train/training -> `train`, test/testing -> `test`,
+val/valid/validation/dev -> `validation`. Class names are the class folder names,
+sorted (the union over split folders), kept as they are (no renaming).
+Files directly in the root or in a split folder are ignored (listed in the report);
+every non-hidden file inside a class folder is decoded, and those that do not decode
+are skipped and reported. 16-bit images are scaled to uint8 by their own maximum
+(see `image_io`), so the dataset is uint8 like the Kaggle sets.
+
+The root is the manual dir (`load('image_folder', manual_dir=root)`), or
+`ImageFolder(root_dir=root)`. Prepared data is namespaced by the root's absolute path:
+`<data_dir>/image_folder/<folder name>_<hash of path>/<version>/`, so different
+folders never collide. A folder's prepared data is reused until deleted, even if the
+folder changes (load() warns when it did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from spp_resnet.data import image_io
+from spp_resnet.data.builders import _common
+
+SPLIT_FOLDERS = {
+    'train': 'train', 'training': 'train',
+    'test': 'test', 'testing': 'test',
+    'val': 'validation', 'valid': 'validation', 'validation': 'validation',
+    'dev': 'validation',
+}
+
+
+def _subdirs(path: str) -> list[str]:
+  try:
+    names = os.listdir(path)
+  except OSError:
+    return []
+  return sorted(n for n in names if not _common.is_ignored_name(n)
+                and os.path.isdir(os.path.join(path, n)))
+
+
+def scan_layout(root: str) -> tuple[dict[str, str], list[str]]:
+  """({TFDS split: split folder ('' for the root itself)}, sorted class names)."""
+  top = _subdirs(root)
+  splits = {}
+  if top and all(t.lower() in SPLIT_FOLDERS for t in top):
+    for folder in top:
+      split = SPLIT_FOLDERS[folder.lower()]
+      if split in splits:
+        raise ValueError(
+            f'image_folder: {root!r} has two folders for split {split!r}: '
+            f'{splits[split]!r} and {folder!r}')
+      splits[split] = folder
+    classes = sorted({c for folder in top for c in _subdirs(os.path.join(root, folder))})
+  else:
+    splits = {'train': ''}
+    classes = top
+  return splits, classes
+
+
+def config_name(root: str) -> str:
+  """'<folder name>_<12 hex digits of the absolute path's SHA-256>'."""
+  path = os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(root))))
+  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(path).lower()).strip('_')[:40]
+  return f"{slug or 'root'}_{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+
+
+@dataclasses.dataclass
+class ImageFolderConfig(tfds.core.BuilderConfig):
+  root_dir: str = ''
+  class_names: tuple[str, ...] = ()
+  split_folders: tuple[tuple[str, str], ...] = ()
+
+  @classmethod
+  def for_root(cls, root_dir: str | os.PathLike[str]) -> 'ImageFolderConfig':
+    root = os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(root_dir))))
+    splits, classes = scan_layout(root) if os.path.isdir(root) else ({}, [])
+    return cls(name=config_name(root), root_dir=root, class_names=tuple(classes),
+               split_folders=tuple(splits.items()),
+               description=f'Images in {root}')
+
+
+class ImageFolder(_common.ReportingBuilder):
+  """One sub-folder per class (optionally below train/test/... split folders)."""
+
+  name = 'image_folder'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point manual_dir (or root_dir) at a folder with one sub-folder of images per class,
+  optionally below split folders (train/, test/, validation/).
+  """
+
+  def __init__(self, *, root_dir: str | os.PathLike[str] = '', config=None, **kwargs):
+    if config is None or isinstance(config, str):
+      if not root_dir:
+        raise ValueError('image_folder needs the folder of images: pass root_dir= '
+                         "(or manual_dir= to load('image_folder', ...))")
+      config = ImageFolderConfig.for_root(root_dir)
+    super().__init__(config=config, **kwargs)
+    self._original_state.update(config=config)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    names = list(self.builder_config.class_names)
+    prepared = os.path.join(os.fspath(self.data_dir), 'label.labels.txt')
+    if os.path.exists(prepared):  # the prepared data's classes win over a re-scan
+      with open(prepared) as f:
+        prepared_names = f.read().splitlines()
+      if names and prepared_names != names:
+        _common.log.warning(
+            'image_folder: %s now has classes %s, its prepared data %s; delete %s to '
+            'rebuild', self.builder_config.root_dir, names, prepared_names,
+            self.data_dir)
+      names = prepared_names
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=_common.common_features(names or None, np.uint8),
+        supervised_keys=('image', 'label'),
+    )
+
+  def _split_generators(self, dl_manager):
+    config = self.builder_config
+    root = config.root_dir
+    if not os.path.isdir(root):
+      raise _common.MissingDataError(f'image_folder: {root!r} is not a folder')
+    if not config.class_names:
+      raise _common.MissingDataError(
+          f'image_folder: {root!r} has no class sub-folders (expected '
+          '<root>/<class>/<image> or <root>/<split>/<class>/<image>)')
+    ignored = []
+    by_split = {}
+    for split, folder in config.split_folders:
+      items = []
+      split_root = os.path.join(root, folder) if folder else root
+      for entry in _common.walk_files(split_root, into_zips=False):
+        relpath = f'{folder}/{entry.relpath}' if folder else entry.relpath
+        entry = _common.Entry(relpath=relpath, disk_path=entry.disk_path)
+        parts = entry.parts[1:] if folder else entry.parts
+        if len(parts) < 2:
+          ignored.append(relpath)
+          continue
+        items.append((entry, config.class_names.index(parts[0])))
+      by_split[split] = items
+    if not any(by_split.values()):
+      raise _common.MissingDataError(f'image_folder: no files in the class folders of '
+                                     f'{root!r}')
+    self._report.update(
+        root_dir=root, class_names=list(config.class_names),
+        split_folders=dict(config.split_folders),
+        num_ignored_files=len(ignored), ignored_files=ignored,
+        listing_fingerprint=listing_fingerprint(root))
+    return {split: self._generate_examples(split, items)
+            for split, items in by_split.items()}
+
+  def _generate_examples(self, split, items):
+    entries = [entry for entry, _ in items]
+    labels = dict(items)
+    names = self.builder_config.class_names
+    results = self._process(image_io.image_task, entries, None,
+                            {'sixteen_bit': 'scale'})
+    for entry, result in results:
+      if 'error' in result:
+        self._skip(entry.display, result['error'], split)
+        continue
+      self._count(split, names[labels[entry]])
+      yield entry.relpath, {
+          'image': result['png'],
+          'label': labels[entry],
+          'filename': entry.relpath,
+          'patient_id': '',
+          'sha256': result['sha256'],
+          'phash': result['phash'],
+      }
+    self._check_nonempty(split, len(entries))
+
+
+
+def listing_fingerprint(root: str) -> str:
+  """SHA-256 over the (path, size) of the files below root: changes when files do."""
+  digest = hashlib.sha256()
+  for entry in _common.walk_files(root, into_zips=False):
+    try:
+      size = os.path.getsize(entry.disk_path)
+    except OSError:
+      size = -1
+    digest.update(f'{entry.relpath}\0{size}\n'.encode())
+  return digest.hexdigest()
