@@ -119,6 +119,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   aug = config.data.augment
   base_key = jax.random.key(config.seed)
   update_batch_stats = not config.freeze.batch_stats
+  trainable = nnx.All(nnx.Param, nnx.Not(frozen_filter(config.freeze.backbone_up_to)))
 
   def model_input(images):
     return preprocess.to_model_input(images, normalization)
@@ -130,14 +131,18 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                        rot90=aug.rot90, hflip=aug.hflip, vflip=aug.vflip)
     labels = batch['label']
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.frozen, state.batch_stats)
+    model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
+
+    def loss_fn(model):
       logits = model(images, train=True, batch_norm_train=update_batch_stats,
                      rngs=nnx.Rngs(dropout=dropout_key))
       loss = classification_loss(logits, labels)
-      return loss.mean(), (logits, loss, nnx.state(model, nnx.BatchStat))
+      return loss.mean(), (logits, loss)
 
-    grads, (logits, losses, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    # nnx.grad (not jax.grad) lets BatchNorm update its statistics in place.
+    grads, (logits, losses) = nnx.grad(
+        loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
+    batch_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     sums = state.train_sums
     return state.replace(
