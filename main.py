@@ -6,6 +6,7 @@ r"""Trains and evaluates the SPP-ResNet brain-tumor classifier.
 Re-running a command with the same --workdir resumes from its latest checkpoint.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -45,6 +46,12 @@ def main(argv):
     print(f'\n{title}\n{result.table()}')
 
 
+def _quiet_orbax(record) -> bool:
+  """Orbax logs each step of every save at INFO; keep its warnings and errors."""
+  return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   app.run(main)
