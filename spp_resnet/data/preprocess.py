@@ -1,0 +1,154 @@
+"""The paper's image preprocessing (host, numpy) and the per-weights input normalization
+(device, JAX).
+
+Host side, once per image (`preprocess_image`), in the paper's order:
+  1. linear intensity normalization to [0, 1] (min-max over the image);
+  2. contrast stretching: the `contrast_percentiles` (lo, hi) of the image map to 0 and 1,
+     values outside are clipped ((0, 100) = no stretching, i.e. step 1 alone);
+  3. resize to S x S (PIL, float mode, antialiased bilinear filter);
+  4. quantization to uint8.
+Steps 1 and 2 are both affine maps followed by a clip, so they are applied as one.
+Quantizing to uint8 makes the in-memory cache and the host->device transfer 4x smaller
+than float32; the error it adds is at most 0.5/255 (< 1/255) of the [0, 1] range, below
+the JPEG quantization noise already in the sources and far below what the network
+resolves (the weights were trained on 8-bit photographs).
+
+Device side, inside jit (`to_model_input`): uint8 [B,S,S,1] -> float32 [B,S,S,3] in the
+value convention the pretrained weights expect. The host thus ships uint8 only.
+"""
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+NORMALIZATIONS = ('none', 'imagenet', 'caffe')
+# torchvision's ImageNet statistics (RGB, on [0, 1] inputs).
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+# keras.applications.resnet50.preprocess_input ('caffe' mode): BGR, [0, 255], mean only.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# normalization='auto' resolved from config.pretrained.source.
+_AUTO_NORMALIZATION = {
+    '': 'none',
+    'none': 'none',
+    'imagenet_keras': 'caffe',
+    'imagenet_torchvision': 'imagenet',
+}
+
+
+def resolve_normalization(normalization: str, pretrained_source: str = '') -> str:
+  """'auto' -> the normalization the pretrained weights were trained with."""
+  if normalization == 'auto':
+    if pretrained_source not in _AUTO_NORMALIZATION:
+      raise ValueError(
+          f'normalization="auto" does not know pretrained source {pretrained_source!r}; '
+          f'known: {sorted(_AUTO_NORMALIZATION)}. Set data.normalization explicitly.')
+    return _AUTO_NORMALIZATION[pretrained_source]
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'Unknown normalization {normalization!r}; expected "auto" or one '
+                     f'of {NORMALIZATIONS}.')
+  return normalization
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim == 3:
+    if image.shape[-1] == 1:
+      return image[..., 0]
+    if image.shape[-1] in (3, 4):  # tolerate RGB(A) input: luminance-free mean of RGB
+      return image[..., :3].astype(np.float32).mean(axis=-1)
+  if image.ndim != 2:
+    raise ValueError(f'Expected an HxW or HxWx1 image, got shape {image.shape}.')
+  return image
+
+
+def _percentiles(gray: np.ndarray, q: Sequence[float]) -> np.ndarray:
+  """np.percentile(gray, q) (linear interpolation), via a histogram for 8/16-bit ints."""
+  if gray.dtype in (np.uint8, np.uint16):
+    counts = np.bincount(gray.ravel(), minlength=1)
+    cdf = np.cumsum(counts)
+    n = cdf[-1]
+    out = []
+    for p in q:
+      pos = p / 100.0 * (n - 1)
+      lo_rank = int(np.floor(pos))
+      hi_rank = min(lo_rank + 1, n - 1)
+      # Value of the k-th order statistic (0-based) = first v with cdf[v] > k.
+      lo_val, hi_val = np.searchsorted(cdf, [lo_rank, hi_rank], side='right')
+      out.append(lo_val + (pos - lo_rank) * (hi_val - lo_val))
+    return np.asarray(out, np.float64)
+  return np.percentile(gray, q).astype(np.float64)
+
+
+def intensity_window(image: np.ndarray,
+                     contrast_percentiles: Sequence[float] = (0.0, 100.0)
+                    ) -> tuple[float, float]:
+  """(lo, hi) raw intensities that map to 0 and 1 (normalization + contrast stretching)."""
+  gray = _to_gray(image)
+  p_lo, p_hi = (float(p) for p in contrast_percentiles)
+  if not 0.0 <= p_lo < p_hi <= 100.0:
+    raise ValueError(f'contrast_percentiles must satisfy 0 <= lo < hi <= 100, got '
+                     f'{tuple(contrast_percentiles)}.')
+  vmin, vmax = float(gray.min()), float(gray.max())
+  if (p_lo, p_hi) == (0.0, 100.0):
+    lo, hi = vmin, vmax
+  else:
+    lo, hi = _percentiles(gray, (p_lo, p_hi))
+    if hi <= lo:  # e.g. a mostly constant image: fall back to plain min-max
+      lo, hi = vmin, vmax
+  return float(lo), float(hi)
+
+
+def preprocess_image(image: np.ndarray, image_size: int,
+                     contrast_percentiles: Sequence[float] = (0.0, 100.0)) -> np.ndarray:
+  """HxW[x1] uint8/uint16 (any real dtype) image -> uint8 [S, S, 1]; see module docstring."""
+  gray = _to_gray(image)
+  lo, hi = intensity_window(gray, contrast_percentiles)
+  x = gray.astype(np.float32)
+  if hi > lo:
+    x = (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.clip(x, 0.0, 1.0, out=x)
+  else:  # constant image
+    x = np.zeros_like(x)
+  if x.shape != (image_size, image_size):
+    # PIL's BILINEAR widens its kernel when downsampling (antialiasing) and never
+    # overshoots, so the result stays in [0, 1].
+    x = np.asarray(Image.fromarray(x, mode='F').resize(
+        (image_size, image_size), Image.Resampling.BILINEAR))
+  out = np.rint(x * np.float32(255.0))
+  np.clip(out, 0, 255, out=out)
+  return out.astype(np.uint8)[..., None]
+
+
+def to_model_input(images, normalization: str):
+  """uint8 (or [0,1] float) images [B,H,W,1|3] -> float32 [B,H,W,3] for the network.
+
+  Runs under jit. 'none': [0, 1] RGB; 'imagenet': torchvision's (x - mean) / std on
+  [0, 1] RGB; 'caffe': keras.applications.resnet50.preprocess_input, i.e. [0, 255],
+  RGB -> BGR, minus the ImageNet BGR mean, no scaling. Grayscale inputs are replicated
+  to three channels; a 3-channel input is taken as RGB.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  # host workers skip JAX
+  images = jnp.asarray(images)
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    x = images.astype(jnp.float32) * (1.0 / 255.0)
+  else:
+    x = images.astype(jnp.float32)
+  channels = x.shape[-1]
+  if channels == 1:
+    x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
+  elif channels != 3:
+    raise ValueError(f'Expected 1 or 3 channels, got shape {images.shape}.')
+  if normalization == 'none':
+    return x
+  if normalization == 'imagenet':
+    mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
+    std = jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
+    return (x - mean) / std
+  if normalization == 'caffe':
+    x = x[..., ::-1] * 255.0
+    return x - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+  raise ValueError(f'Unknown normalization {normalization!r} (resolve "auto" with '
+                   f'resolve_normalization first); expected one of {NORMALIZATIONS}.')
