@@ -14,7 +14,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.data.dataset = 'phantom'
+  config.data.dataset = 'phantom/easy=1'
   config.data.image_size = 64
   config.data.split.protocol = 'original'
   config.model.backbone = 'resnet18'

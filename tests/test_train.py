@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -44,29 +45,34 @@ def run_main(workdir, *overrides, env=None, mode='train', check=True, wait=True)
 
 
 def final_state(workdir):
-  """The state pytree of the latest checkpoint, as NumPy."""
-  manager = ocp.CheckpointManager(Path(workdir) / 'checkpoints', item_names=('state', 'data'))
-  step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, restored['state']
+  """(step, state) of the latest checkpoint, restored onto this process's one device.
+
+  An explicit target lets a checkpoint written on 4 devices load here.
+  """
+  root = Path(workdir) / 'checkpoints'
+  step = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
+  path = root / str(step) / 'state'
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, 'item_metadata', metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  return step, checkpointer.restore(path, target)
 
 
 def flat(tree):
-  import jax
   return {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.fixture(scope='module')
-def reference_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('reference')
-  proc = run_main(workdir)
-  return workdir, proc
+# 96 training images: 6 steps an epoch, 12 in all, checkpoints at steps 4, 8 and 12.
+SMALL = ['--config.data.dataset=phantom/easy=1,train=96,test=32', '--config.num_epochs=2']
 
 
-def test_training_learns_and_eval_restores_metrics(reference_run):
-  workdir, proc = reference_run
+def test_training_learns_and_eval_restores_metrics(tmp_path):
+  workdir = tmp_path / 'learn'
+  run_main(workdir)
   history = read_metrics(workdir)
   assert [row['epoch'] for row in history] == [1, 2, 3]
   # The phantom lesions are learnable: clearly better than the majority class.
@@ -80,14 +86,16 @@ def test_training_learns_and_eval_restores_metrics(reference_run):
     assert f'{value:.4f}' in evaluation.stdout, (key, value, evaluation.stdout)
 
 
-def test_sigkill_and_resume_matches_uninterrupted_run(reference_run, tmp_path):
-  reference_dir, _ = reference_run
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+  reference_dir = tmp_path / 'reference'
+  run_main(reference_dir, *SMALL)
   workdir = tmp_path / 'killed'
-  proc = run_main(workdir, wait=False)
+  proc = run_main(workdir, *SMALL, wait=False)
   checkpoints = workdir / 'checkpoints'
   deadline = time.time() + 300
-  # Kill mid-training, once the second checkpoint (step 8 of 12) is complete.
-  while not (checkpoints / '8').is_dir() or (checkpoints / '8').name.endswith('tmp'):
+  # Kill mid-training, once the first checkpoint (step 4 of 12) is complete: Orbax
+  # renames its temporary directory to the step number when the save is done.
+  while not (checkpoints / '4').is_dir():
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.05)
@@ -95,7 +103,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(reference_run, tmp_path):
   proc.wait()
   steps_at_kill = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
   assert steps_at_kill[-1] < 12, f'run finished before the kill: {steps_at_kill}'
-  resumed = run_main(workdir)
+  resumed = run_main(workdir, *SMALL)
   assert 'Resuming from the checkpoint' in resumed.stderr
   step_a, state_a = final_state(reference_dir)
   step_b, state_b = final_state(workdir)
@@ -107,8 +115,13 @@ def test_sigkill_and_resume_matches_uninterrupted_run(reference_run, tmp_path):
   assert read_metrics(reference_dir) == read_metrics(workdir)
 
 
+# Three steps: within float tolerance. Over more steps max-pool and ReLU decisions flip on
+# reduction-order noise and runs drift apart (measured: 1e-7 after 3 steps, 1e-2 after 12).
+FEW_STEPS = ['--config.data.dataset=phantom/easy=1,train=48,test=16', '--config.num_epochs=1']
+
+
 def _train_params(workdir, env):
-  run_main(workdir, '--config.num_epochs=1', '--config.data.augment.rot90=False', env=env)
+  run_main(workdir, *FEW_STEPS, env=env)
   return flat(final_state(workdir)[1]['params'])
 
 
@@ -129,7 +142,7 @@ def _free_port():
 def test_two_processes_train_one_model(tmp_path):
   port = _free_port()
   workdir = tmp_path / 'distributed'
-  procs = [run_main(workdir, '--config.num_epochs=1', wait=False, env={
+  procs = [run_main(workdir, *FEW_STEPS, wait=False, env={
       'JAX_COORDINATOR_ADDRESS': f'localhost:{port}', 'JAX_NUM_PROCESSES': '2',
       'JAX_PROCESS_ID': str(i), 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
       for i in range(2)]

@@ -50,9 +50,9 @@ class TrainState:
   train_sums: dict[str, jax.Array]
 
 
-def _zero_sums() -> dict[str, jax.Array]:
-  return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.float32),
-          'count': jnp.zeros((), jnp.float32)}
+def _zero_sums() -> dict[str, np.ndarray]:
+  """Host zeros; `parallel.replicate` them (a plain jnp array is not global multi-host)."""
+  return {k: np.zeros((), np.float32) for k in ('loss', 'correct', 'count')}
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,8 +127,9 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: Batch) -> TrainState:
     # Keys depend only on the step: a resumed run draws the same augmentation/dropout.
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
-    images = augment_lib.augment_batch(model_input(batch['image']), aug_key,
-                                       rot90=aug.rot90, hflip=aug.hflip, vflip=aug.vflip)
+    # Augment the uint8 single-channel batch: 12x fewer bytes than the model input.
+    images = model_input(augment_lib.augment_batch(
+        batch['image'], aug_key, rot90=aug.rot90, hflip=aug.hflip, vflip=aug.vflip))
     labels = batch['label']
 
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
@@ -299,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   """Trains (resuming from `workdir` if it holds a checkpoint); returns final metrics."""
   os.makedirs(workdir, exist_ok=True)
   exp = setup(config, workdir)
-  _save_config(config, workdir)
+  _save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
@@ -331,13 +332,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
         scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
         logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
       writer.write(step, epoch, scalars)
-      state = state.replace(train_sums=_zero_sums())
+      state = state.replace(train_sums=parallel.replicate(_zero_sums(), exp.mesh))
     if save:
       exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
   exp.checkpointer.wait()
   exp.checkpointer.close()
   writer.close()
+  pipeline.close()
   if final is None:  # Nothing left to train (resumed from the final checkpoint).
     final = evaluate(exp, state, 'test')
   return final
@@ -356,11 +358,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   state = exp.checkpointer.restore(abstract, step=step)
   exp.checkpointer.close()
   result = evaluate(exp, state, split)
+  exp.pipeline.close()
   result.step = step
   return result
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _save_config(config: ml_collections.ConfigDict, workdir: str,
+                 class_names=None) -> None:
+  """config.json, and class_names.json (the label order, for evaluate_external)."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    if class_names is not None:
+      with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
+        json.dump(list(class_names), f)
