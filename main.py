@@ -6,10 +6,7 @@ r"""Trains and evaluates the SPP-ResNet brain-tumor classifier.
 Re-running a command with the same --workdir resumes from its latest checkpoint.
 """
 
-import logging as std_logging
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
@@ -27,31 +24,22 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   # Imported here so that --help and flag errors come back without loading JAX.
   import jax
-  from spp_resnet.config_validation import ConfigError
+  from spp_resnet import cli
   from spp_resnet.training import parallel, train
 
   parallel.initialize_distributed()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  try:
+  with cli.exit_on_user_error():
     if flags.FLAGS.mode == 'train':
       result = train.train_and_evaluate(config, workdir)
       title = 'Final evaluation (test)'
     else:
       result = train.evaluate_checkpoint(config, workdir, flags.FLAGS.eval_split)
       title = f'Checkpoint step {result.step} on {flags.FLAGS.eval_split}'
-  except (ConfigError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   if jax.process_index() == 0:
     print(f'\n{title}\n{result.table()}')
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax logs each step of every save at INFO; keep its warnings and errors."""
-  return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
-
-
 if __name__ == '__main__':
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  app.run(main)
+  from spp_resnet import cli
+  cli.run(main)

@@ -42,6 +42,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'must be (low, high) with 0 <= low < high <= 100', tuple(data.contrast_percentiles))
   _choice(config, 'data.normalization', ('auto', 'none', 'imagenet', 'caffe'))
   _choice(config, 'data.split.protocol', ('paper', 'stratified', 'grouped', 'original'))
+  split = data.split
+  for field in ('per_class', 'num_test', 'num_folds', 'max_per_class'):
+    _require(isinstance(split[field], int) and split[field] >= 0, f'data.split.{field}',
+             'must be an integer >= 0', split[field])
+  _require(0 < split.test_fraction < 1, 'data.split.test_fraction', 'must be in (0, 1)',
+           split.test_fraction)
+  _require(split.num_folds != 1, 'data.split.num_folds', 'must be 0 (holdout) or >= 2',
+           split.num_folds)
+  _require(split.num_folds == 0 or 0 <= split.fold < split.num_folds, 'data.split.fold',
+           f'must be in [0, num_folds={split.num_folds})', split.fold)
   _require(data.num_workers >= 0, 'data.num_workers', 'must be >= 0', data.num_workers)
 
   model = config.model

@@ -298,8 +298,8 @@ def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   """Trains (resuming from `workdir` if it holds a checkpoint); returns final metrics."""
+  exp = setup(config, workdir)  # validates the config first: a bad one writes nothing
   os.makedirs(workdir, exist_ok=True)
-  exp = setup(config, workdir)
   _save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))

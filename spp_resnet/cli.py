@@ -1,0 +1,67 @@
+"""What the command-line entry points share: console logging and one-line user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging as std_logging
+import re
+import sys
+from typing import Callable, NoReturn
+
+from absl import app, flags, logging
+
+
+def _quiet_orbax(record) -> bool:
+  """Orbax logs each step of every save at INFO; keep its warnings and errors."""
+  return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
+def configure_logging() -> None:
+  """INFO to the console (progress, metrics), without Orbax's per-save chatter."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(*errors: type[Exception]):
+  """A wrong config, a missing file or one of `errors` -> 'error: ...' and exit code 2."""
+  from spp_resnet.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (ConfigError, FileNotFoundError, *errors) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _exit(message: str) -> NoReturn:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+  """'--config.a.bx=1: config has no field 'bx' (did you mean 'b'?)' from ml_collections."""
+  root = error
+  while root.__context__ is not None:
+    root = root.__context__
+  key = str(root.args[0]) if root.args else '?'
+  arg = next((a for a in argv if a.startswith('--config.') and
+              re.search(rf'\.{re.escape(key)}(=|$)', a)), None)
+  hint = re.search(r'Did you mean \\?"([^"\\]+)', str(error))
+  return (f'{arg or "--config...."}: the config has no field {key!r}'
+          + (f' (did you mean {hint.group(1)!r}?)' if hint else ''))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing where a bad `--config.x=` override is one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: override of a missing field
+    _exit(_unknown_field_message(e, argv))
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` with the console logging and flag errors of every entry point."""
+  configure_logging()
+  app.run(main, flags_parser=parse_flags)
