@@ -30,22 +30,16 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # normalization='auto' resolved from config.pretrained.source.
-_AUTO_NORMALIZATION = {
-    '': 'none',
-    'none': 'none',
-    'imagenet_keras': 'caffe',
-    'imagenet_torchvision': 'imagenet',
-}
-
-
 def resolve_normalization(normalization: str, pretrained_source: str = '') -> str:
   """'auto' -> the normalization the pretrained weights were trained with."""
   if normalization == 'auto':
-    if pretrained_source not in _AUTO_NORMALIZATION:
-      raise ValueError(
-          f'normalization="auto" does not know pretrained source {pretrained_source!r}; '
-          f'known: {sorted(_AUTO_NORMALIZATION)}. Set data.normalization explicitly.')
-    return _AUTO_NORMALIZATION[pretrained_source]
+    from spp_resnet.weights import sources  # pylint: disable=g-import-not-at-top
+    try:
+      return sources.normalization_for_source('' if pretrained_source == 'none'
+                                              else pretrained_source)
+    except ValueError as e:
+      raise ValueError(f'normalization="auto": {e}. Or set data.normalization '
+                       'explicitly.') from None
   if normalization not in NORMALIZATIONS:
     raise ValueError(f'Unknown normalization {normalization!r}; expected "auto" or one '
                      f'of {NORMALIZATIONS}.')
