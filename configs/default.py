@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   split.num_folds = 0     # > 0: k-fold; `fold` picks the test fold
   split.fold = 0
   split.near_duplicate_threshold = 6  # max Hamming distance of 64-bit perceptual hashes
+  split.max_per_class = 0  # 'grouped': > 0 = a random subset of whole groups, ~this per class
   split.seed = 0
   # Device-side augmentation (inside the jitted train step).
   data.augment = augment = ml_collections.ConfigDict()

@@ -18,6 +18,8 @@ Protocols (config.data.split.protocol):
   'grouped'    leakage-safe: like 'stratified' but whole groups go to one side, a group
                being the connected component of "same pixels (sha256)", "near-duplicate
                (pHash Hamming distance <= near_duplicate_threshold)" and "same patient".
+               `max_per_class` > 0 first draws a random subset of whole groups with
+               about that many images per class (e.g. to match the 'paper' subset).
 
 Near-duplicate threshold (default 6 of 64 bits), measured with `hashing.perceptual_hash`
 on the 3264 slices of brain_tumor_classification_mri (grayscale):
@@ -238,23 +240,50 @@ def assign_groups(groups: np.ndarray, labels: np.ndarray, fractions: Sequence[fl
   return bin_of_group[group_idx.reshape(-1)]
 
 
+def subsample_groups(groups: np.ndarray, labels: np.ndarray, max_per_class: int,
+                     rng: np.random.Generator) -> np.ndarray:
+  """Sorted indices of a random subset of whole groups, about `max_per_class` per class.
+
+  Groups are visited in random order and one is taken while every class it holds is
+  still below the cap (a class can overshoot by less than one group).
+  """
+  _, label_idx = np.unique(np.asarray(labels), return_inverse=True)
+  label_idx = label_idx.reshape(-1)
+  members = groups_from_ids(np.asarray(groups), min_size=1)
+  counts = np.zeros(label_idx.max() + 1 if label_idx.size else 0, np.int64)
+  keep = []
+  for g in rng.permutation(len(members)):
+    m = members[g]
+    if np.all(counts[label_idx[m]] < max_per_class):
+      np.add.at(counts, label_idx[m], 1)
+      keep.append(m)
+  return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
 def grouped_split(metadata: Mapping[str, np.ndarray], *, test_fraction: float,
                   num_folds: int, fold: int, seed: int,
-                  near_duplicate_threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
-                 ) -> dict[str, np.ndarray]:
-  """Leakage-safe stratified holdout / k-fold: groups never straddle train and test."""
+                  near_duplicate_threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+                  max_per_class: int = 0) -> dict[str, np.ndarray]:
+  """Leakage-safe stratified holdout / k-fold: groups never straddle train and test.
+
+  `max_per_class` > 0: split only a random subset of whole groups with about that many
+  images per class (the same subset for every fold of a seed).
+  """
   _check_folds(num_folds, fold)
   ids = group_ids(metadata, near_duplicate_threshold=near_duplicate_threshold)
+  idx = np.arange(len(ids))
+  if max_per_class > 0:
+    idx = subsample_groups(ids, metadata['label'], max_per_class, _rng(seed, 'subsample'))
+  ids, labels = ids[idx], np.asarray(metadata['label'])[idx]
   rng = _rng(seed, 'grouped')
   if num_folds:
-    bins = assign_groups(ids, metadata['label'], [1.0] * num_folds, rng)
+    bins = assign_groups(ids, labels, [1.0] * num_folds, rng)
     is_test = bins == fold
   else:
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f'test_fraction must be in (0, 1), got {test_fraction}.')
-    bins = assign_groups(ids, metadata['label'], [1.0 - test_fraction, test_fraction], rng)
+    bins = assign_groups(ids, labels, [1.0 - test_fraction, test_fraction], rng)
     is_test = bins == 1
-  idx = np.arange(len(ids))
   return _finish(idx[~is_test], idx[is_test])
 
 
@@ -288,7 +317,8 @@ def make_splits(metadata: Mapping[str, np.ndarray], split_config) -> dict[str, n
     return grouped_split(metadata, test_fraction=float(split_config.test_fraction),
                          num_folds=int(split_config.num_folds), fold=int(split_config.fold),
                          seed=seed,
-                         near_duplicate_threshold=int(split_config.near_duplicate_threshold))
+                         near_duplicate_threshold=int(split_config.near_duplicate_threshold),
+                         max_per_class=int(getattr(split_config, 'max_per_class', 0) or 0))
   raise ValueError(f'Unknown split protocol {protocol!r}; expected one of {PROTOCOLS}.')
 
 

@@ -1,0 +1,351 @@
+r"""Evaluates a trained run's checkpoint on every image of another dataset.
+
+  python -m spp_resnet.experiments.evaluate_external --workdir=TRAINED_RUN \
+      --dataset=image_folder --manual_dir=DIR [--out=DIR]
+
+TRAINED_RUN is a `main.py` or ablation run directory (it holds `checkpoints/`,
+`config.json` and `class_names.json`). The run's own saved config rebuilds the model and
+its preprocessing (image size, contrast stretching, input normalization); the latest
+checkpoint (or --step) is restored. The other dataset is any registry name
+(`image_folder` = a folder with one sub-folder per class, or `brain_tumor`,
+`brain_tumor_mri/four_class`, ...); ALL its images are evaluated, whatever its own
+train/test folders.
+
+Its class names are mapped onto the model's: equal names after normalization
+('Glioma_Tumor', 'glioma tumor' and 'glioma' are one class; 'notumor' is 'no_tumor'),
+and for a binary tumor model (['no_tumor', 'tumor']) 'no', 'normal', 'healthy' ->
+no_tumor and 'yes', 'glioma', 'meningioma', 'pituitary', ... -> tumor. Anything else
+stops with an error naming the classes; map them with --class_map=theirs=ours,... or
+leave them out with --ignore_classes=a,b.
+
+Writes to --out (default TRAINED_RUN/external/<dataset>): metrics.md (the metrics table,
+per class and confusion matrix, with the checkpoint, the mapping and the class counts),
+metrics.json, predictions.csv (file, true and predicted class, probabilities), roc.png
+(binary; one vs rest for more classes), confusion.png, confusion_normalized.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import re
+import sys
+import time
+import types
+
+from absl import app, flags, logging
+import ml_collections
+import numpy as np
+
+from spp_resnet import cli
+
+FLAGS = flags.FLAGS
+
+# Class names (after `canonical`) that mean "no tumor" / "tumor" to a binary model.
+NEGATIVE_NAMES = frozenset({'no_tumor', 'no', 'normal', 'healthy', 'negative', 'non_tumor',
+                            'nontumor', 'without_tumor', 'notumour', 'no_tumour', '0'})
+TUMOR_NAMES = frozenset({'tumor', 'tumour', 'yes', 'positive', 'abnormal', '1', 'glioma',
+                         'meningioma', 'pituitary', 'pituitary_adenoma', 'glioblastoma',
+                         'astrocytoma', 'metastasis', 'metastases', 'schwannoma',
+                         'neurocytoma', 'ependymoma', 'oligodendroglioma', 'carcinoma',
+                         'lymphoma', 'lesion'})
+
+
+class MappingError(ValueError):
+  """The other dataset's classes cannot be mapped onto the model's."""
+
+
+def canonical(name: str) -> str:
+  """'Glioma_Tumor' -> 'glioma', 'notumor' -> 'no_tumor', 'No Tumor' -> 'no_tumor'."""
+  n = re.sub(r'[^a-z0-9]+', '_', str(name).lower()).strip('_')
+  if n in ('notumor', 'no_tumor', 'notumour', 'no_tumour'):
+    return 'no_tumor'
+  for suffix in ('_tumor', '_tumour'):
+    if n.endswith(suffix) and n != suffix[1:]:
+      n = n[:-len(suffix)]
+  return n
+
+
+def map_classes(external: list[str], model: list[str], explicit: dict[str, str] | None = None,
+                ignore: list[str] | None = None) -> np.ndarray:
+  """Model class index for each external class (-1 = its images are left out).
+
+  Raises MappingError naming every external class that maps to nothing.
+  """
+  explicit = dict(explicit or {})
+  ignore = {canonical(c) for c in (ignore or [])}
+  model_canon = [canonical(c) for c in model]
+  binary_tumor = sorted(model_canon) == ['no_tumor', 'tumor']
+  out = np.full(len(external), -1, np.int64)
+  unmapped = []
+  explicit_canon = {canonical(k): v for k, v in explicit.items()}
+  for i, name in enumerate(external):
+    c = canonical(name)
+    if c in ignore:
+      continue
+    target = explicit.get(name, explicit_canon.get(c))
+    if target is not None:
+      if canonical(target) not in model_canon:
+        raise MappingError(f'--class_map: {name}={target}, but the model\'s classes are '
+                           f'{model}.')
+      out[i] = model_canon.index(canonical(target))
+    elif c in model_canon:
+      out[i] = model_canon.index(c)
+    elif binary_tumor and c in NEGATIVE_NAMES:
+      out[i] = model_canon.index('no_tumor')
+    elif binary_tumor and c in TUMOR_NAMES:
+      out[i] = model_canon.index('tumor')
+    else:
+      unmapped.append(name)
+  if unmapped:
+    raise MappingError(
+        f'Cannot map the dataset\'s classes {unmapped} onto the model\'s classes {model} '
+        f'(the dataset has {external}). Map them with --class_map=theirs=ours,... (e.g. '
+        f'--class_map={unmapped[0]}={model[-1]}) or leave their images out with '
+        f'--ignore_classes={",".join(unmapped)}.')
+  if not np.any(out >= 0):
+    raise MappingError(f'No class of {external} is left to evaluate.')
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# The trained run.
+
+def _tuples(value):
+  """JSON lists back to tuples (every sequence field of the configs is a tuple)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from WORKDIR/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: --workdir must be a training run '
+                            '(main.py or the ablation runner) directory.')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def load_class_names(workdir: str, config) -> list[str]:
+  """The model's label order: WORKDIR/class_names.json, else the training dataset's."""
+  path = os.path.join(workdir, 'class_names.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return list(json.load(f))
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  logging.warning('%s is missing (a run from before it was written); taking the class '
+                  'names from the training dataset %s.', path, config.data.dataset)
+  try:
+    loaded = pipeline_lib.load_dataset(config.data.dataset, data_dir=config.data.data_dir,
+                                       manual_dir=config.data.manual_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise FileNotFoundError(
+        f'{path} is missing and the training dataset {config.data.dataset!r} cannot be '
+        f'opened to read its class names ({e}). Write the class names, in label order, '
+        f'as a JSON list to {path}.') from e
+  return list(loaded.class_names)
+
+
+def restore_model(config, workdir: str, num_classes: int, step: int | None = None):
+  """(steps, state, mesh, normalization, step) of the run's checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import parallel, train  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training.optimizer import create_optimizer  # pylint: disable=g-import-not-at-top
+
+  normalization = preprocess.resolve_normalization(config.data.normalization,
+                                                   config.pretrained.source)
+  # The checkpoint holds every parameter: no need to read the ImageNet file again.
+  init_config = ml_collections.ConfigDict(config.to_dict())
+  init_config.pretrained.source = ''
+  mesh = parallel.create_mesh()
+  # The optimizer state's structure does not depend on the schedule's length.
+  tx = create_optimizer(config.optimizer, 1, config.num_epochs)
+  graphdef, state = train._initial_state(init_config, num_classes, tx, mesh)  # pylint: disable=protected-access
+  steps = train.make_steps(graphdef, tx, config, normalization, num_classes, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=max(1, config.keep_checkpoints))
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  state = checkpointer.restore(abstract, step=step)
+  checkpointer.close()
+  return steps, state, mesh, normalization, step
+
+
+def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
+  """Fixed-size batches with a mask for the padding (single process)."""
+  n = len(labels)
+  for start in range(0, n, batch_size):
+    positions = np.arange(start, start + batch_size)
+    mask = positions < n
+    image = np.zeros((batch_size,) + images.shape[1:], images.dtype)
+    label = np.zeros((batch_size,), np.int32)
+    image[mask] = images[positions[mask]]
+    label[mask] = labels[positions[mask]]
+    yield {'image': image, 'label': label, 'mask': mask}
+
+
+# ---------------------------------------------------------------------------------------
+# Main.
+
+def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_dir: str = '',
+                      out: str = '', class_map: dict[str, str] | None = None,
+                      ignore_classes: list[str] | None = None, step: int | None = None,
+                      batch_size: int = 0, argv: list[str] | None = None) -> dict:
+  """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import train  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() > 1:
+    raise ValueError('evaluate_external runs on one host.')
+  start = time.perf_counter()
+  config = load_run_config(workdir)
+  model_classes = load_class_names(workdir, config)
+  slug = re.sub(r'[^A-Za-z0-9]+', '_', f'{dataset}_{os.path.basename(os.path.normpath(manual_dir))}'
+                if manual_dir else dataset).strip('_')
+  out = out or os.path.join(workdir, 'external', slug)
+  os.makedirs(out, exist_ok=True)
+
+  pooled = pipeline_lib.load_pooled(dataset, data_dir=data_dir or config.data.data_dir,
+                                    manual_dir=manual_dir)
+  mapping = map_classes(pooled.class_names, model_classes, class_map, ignore_classes)
+  ext_labels = np.asarray(pooled.metadata['label'], np.int64)
+  keep = np.nonzero(mapping[ext_labels] >= 0)[0]
+  if not len(keep):
+    raise MappingError('No images left to evaluate after --ignore_classes.')
+  prep = pipeline_lib.Preprocessor(int(config.data.image_size),
+                                   tuple(float(p) for p in config.data.contrast_percentiles))
+  t0 = time.perf_counter()
+  images, labels = pipeline_lib.preprocess_split(pooled.source, keep, prep)
+  logging.info('Preprocessed %d images of %s in %.1f s.', len(keep), dataset,
+               time.perf_counter() - t0)
+  labels = mapping[labels].astype(np.int32)
+
+  num_classes = len(model_classes)
+  steps, state, mesh, normalization, step = restore_model(config, workdir, num_classes, step)
+  batch_size = batch_size or int(config.eval_batch_size)
+  batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
+  exp = types.SimpleNamespace(
+      mesh=mesh, steps=steps,
+      pipeline=types.SimpleNamespace(
+          num_classes=num_classes, class_names=list(model_classes),
+          eval_batches=lambda split: _eval_batches(images, labels, batch_size)))
+  result = train.evaluate(exp, state, 'external')
+  result.step = step
+
+  # ---- Reports.
+  counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}
+  mapped = {name: (model_classes[m] if m >= 0 else '(left out)')
+            for name, m in zip(pooled.class_names, mapping)}
+  now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  device = f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.devices()[0].platform})'
+  command = ('python -m spp_resnet.experiments.evaluate_external '
+             + ' '.join((argv or sys.argv)[1:]))
+  wall = time.perf_counter() - start
+  header = [
+      f'# {os.path.normpath(workdir)} on {dataset}'
+      + (f' ({manual_dir})' if manual_dir else ''), '',
+      f'- Command: `{command}`',
+      f'- Checkpoint: step {step} of `{os.path.normpath(workdir)}` (trained on '
+      f'`{config.data.dataset}`, split `{config.data.split.protocol}`, model '
+      f'{config.model.backbone} {config.model.variant}, pooling {config.model.pooling}, '
+      f'weights {config.pretrained.source or "random init"}), image size '
+      f'{config.data.image_size}, input normalization {normalization}',
+      f'- Evaluated: all {len(keep)} images of the dataset (every split); per class '
+      f'{counts}', f'- Class mapping (theirs -> model): {mapped}',
+      f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
+  ]
+  with open(os.path.join(out, 'metrics.md'), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(header) + result.table() + '\n')
+  summary = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'manual_dir': manual_dir,
+             'step': step, 'num_images': int(len(keep)), 'class_counts': counts,
+             'class_mapping': mapped, 'model_classes': list(model_classes),
+             'metrics': result.metrics, 'confusion': np.asarray(result.confusion).tolist(),
+             'command': command, 'date': now, 'device': device, 'wall_s': wall}
+  with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=1, allow_nan=True)
+  filenames = np.asarray(pooled.metadata.get('filename', np.arange(len(ext_labels))))[keep]
+  predicted = np.argmax(result.probs, axis=-1)
+  with open(os.path.join(out, 'predictions.csv'), 'w', newline='', encoding='utf-8') as f:
+    w = csv.writer(f)
+    w.writerow(['filename', 'their_class', 'true', 'predicted']
+               + [f'p_{c}' for c in model_classes])
+    for fn, ext, t, p, pr in zip(filenames, ext_labels[keep], result.labels, predicted,
+                                 result.probs):
+      fn = fn.decode() if isinstance(fn, bytes) else str(fn)
+      w.writerow([fn, pooled.class_names[ext], model_classes[t], model_classes[p]]
+                 + [f'{x:.6f}' for x in pr])
+  # Plots.
+  curves = {}
+  positives = range(1, 2) if num_classes == 2 else range(num_classes)
+  for k in positives:
+    is_k = result.labels == k
+    if 0 < is_k.sum() < len(is_k):
+      fpr, tpr, _ = metrics_lib.roc_curve(result.probs[:, k], is_k)
+      name = model_classes[k] if num_classes == 2 else f'{model_classes[k]} vs rest'
+      curves[name] = (fpr, tpr, metrics_lib.roc_auc(result.probs[:, k], is_k))
+  if curves:
+    plots.plot_roc(curves, os.path.join(out, 'roc.png'), title=f'ROC on {dataset}')
+  else:
+    logging.warning('No ROC curve: the evaluated images hold only one class.')
+  plots.plot_confusion(result.confusion, model_classes, os.path.join(out, 'confusion.png'),
+                       title=f'{dataset}: counts')
+  plots.plot_confusion(result.confusion, model_classes,
+                       os.path.join(out, 'confusion_normalized.png'), normalize=True,
+                       title=f'{dataset}: row-normalized')
+  print('\n'.join(header) + result.table())
+  print(f'\nWritten to {out}')
+  return summary
+
+
+def _parse_map(items: list[str]) -> dict[str, str]:
+  out = {}
+  for item in items:
+    theirs, sep, ours = item.partition('=')
+    if not sep or not theirs or not ours:
+      raise MappingError(f'--class_map: {item!r} is not theirs=ours.')
+    out[theirs] = ours
+  return out
+
+
+def _define_flags():
+  flags.DEFINE_string('workdir', None, 'The trained run (checkpoints/, config.json).')
+  flags.DEFINE_string('dataset', 'image_folder', 'Registry name of the other dataset.')
+  flags.DEFINE_string('manual_dir', '', 'Its folder (image_folder: one sub-folder per class).')
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir for its prepared copy (default: the '
+                      "run's data.data_dir).")
+  flags.DEFINE_string('out', '', 'Output folder (default WORKDIR/external/<dataset>).')
+  flags.DEFINE_list('class_map', [], 'theirs=ours,... for classes not mapped by name.')
+  flags.DEFINE_list('ignore_classes', [], 'Their classes whose images are left out.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: the run's).")
+  flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  with cli.exit_on_user_error(MappingError):
+    evaluate_external(FLAGS.workdir, FLAGS.dataset, manual_dir=FLAGS.manual_dir,
+                      data_dir=FLAGS.data_dir, out=FLAGS.out,
+                      class_map=_parse_map(FLAGS.class_map),
+                      ignore_classes=FLAGS.ignore_classes, step=FLAGS.step,
+                      batch_size=FLAGS.batch_size, argv=sys.argv)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli.run(main)
