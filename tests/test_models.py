@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from spp_resnet.models import Classifier, ResNet, spatial_pyramid_pool
+from spp_resnet.models import resnet as resnet_lib
 from spp_resnet.models import spp as spp_lib
 
 
@@ -37,6 +38,32 @@ def test_stride_placement():
   assert v15.stages[1][0].conv1.strides == (1, 1) and v15.stages[1][0].conv2.strides == (2, 2)
   assert v1.stem_bn.epsilon == 1.001e-5 and v15.stem_bn.epsilon == 1e-5
   assert v1.stem_conv.use_bias and not v15.stem_conv.use_bias
+
+
+@pytest.mark.parametrize('size, kernel, stride', [
+    (1, 3, 1), (2, 3, 1), (2, 3, 2), (3, 7, 2), (5, 7, 2), (8, 3, 1)])
+def test_conv_on_maps_smaller_than_the_kernel_is_the_same_convolution(size, kernel, stride):
+  """The patches @ kernel path (maps smaller than the kernel) equals lax's conv, with
+  its gradients; larger maps go to lax unchanged."""
+  rng = np.random.default_rng(size * 100 + kernel)
+  x = jnp.asarray(rng.normal(size=(3, size, size + 1, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)), jnp.float32)
+  pad = (kernel - 1) // 2
+  args = ((stride, stride), ((pad, pad), (pad, pad)))
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def ours(x, w):
+    return resnet_lib.conv_general_dilated(x, w, *args, dimension_numbers=dn,
+                                           precision='highest')
+
+  def reference(x, w):
+    return jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn,
+                                        precision='highest')
+
+  np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+  for a, b in zip(grad(ours), grad(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_resnet_feature_shapes():

@@ -40,6 +40,39 @@ RESNET_SPECS = {
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated`, but one matmul over patches when the map is tiny.
+
+  XLA's CPU convolution is pathologically slow when the feature map is smaller than the
+  kernel: a 3x3 conv of 512 channels on a 2x2 map (ResNet's last stage at 48-64 px
+  inputs) took 264 ms for a batch of 32, 2.2 s with 1024 channels, against 3.7 ms as
+  patches @ kernel (jax 0.10.2, 2-core CPU; benchmarks/README.md). Both compute the same
+  convolution; maps at least as large as the kernel (every map at 224 px) take lax's.
+  """
+  height, width = lhs.shape[1:3]
+  kh, kw = rhs.shape[:2]
+  plain = (height >= kh and width >= kw) or feature_group_count != 1 or any(
+      d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+  if plain or isinstance(padding, str):
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+  (pt, pb), (pl, pr) = padding
+  sh, sw = window_strides
+  x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h = (height + pt + pb - kh) // sh + 1
+  out_w = (width + pl + pr - kw) // sw + 1
+  patches = jnp.concatenate(
+      [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
+       for i in range(kh) for j in range(kw)], axis=-1)  # (i, j, channel): HWIO order
+  return jnp.dot(patches, rhs.reshape(kh * kw * rhs.shape[2], rhs.shape[3]),
+                 precision=precision,
+                 preferred_element_type=kwargs.get('preferred_element_type'))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Layers:
   """Conv/BatchNorm factories that carry the variant's conventions and the dtypes."""
@@ -54,7 +87,7 @@ class _Layers:
         padding=((pad, pad), (pad, pad)),
         use_bias=self.variant == 'v1',
         kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-        dtype=self.dtype, rngs=self.rngs)
+        conv_general_dilated=conv_general_dilated, dtype=self.dtype, rngs=self.rngs)
 
   def bn(self, features, zero_scale=False):
     v1 = self.variant == 'v1'
