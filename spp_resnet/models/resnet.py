@@ -48,7 +48,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   XLA's CPU convolution is pathologically slow when the feature map is smaller than the
   kernel: a 3x3 conv of 512 channels on a 2x2 map (ResNet's last stage at 48-64 px
   inputs) took 264 ms for a batch of 32, 2.2 s with 1024 channels, against 3.7 ms as
-  patches @ kernel (jax 0.10.2, 2-core CPU; benchmarks/README.md). Both compute the same
+  patches @ kernel (jax 0.10.2, 2-core CPU; docs/benchmarks.md). Both compute the same
   convolution; maps at least as large as the kernel (every map at 224 px) take lax's.
   """
   height, width = lhs.shape[1:3]
