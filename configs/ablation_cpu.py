@@ -5,8 +5,8 @@ that differs in each table caption. Reductions, and why:
   * 48 x 48 inputs instead of 224 (ResNet-50's last feature map is 2 x 2 instead of
     7 x 7, as at 64 px, so the SPP levels 4 and 8 repeat cells of a 2 x 2 map: SPP still
     keeps the spatial layout that global average pooling discards, but much less of it;
-    48 rather than 64 px because a ResNet-50 train step ran at only 1-5 images/s on the
-    shared, loaded 2-core machine);
+    48 rather than 64 px to keep each table to minutes on a 2-core CPU: 32 train
+    images/s at 48 px, batch 16, docs/benchmarks.md);
   * 3 epochs instead of 25, batch 16 instead of 32, Adam (lr 1e-3, half an epoch of
     warm-up, cosine decay) instead of SGD with a constant lr 1e-4: with the paper's
     N(0, 0.01) head initialization, SGD (even at lr 0.01, cosine) barely moved a
@@ -31,14 +31,15 @@ All four variants share every one of these settings; they differ only in pooling
 (`model.pooling`) and initialization (`pretrained.source`), and all get the ImageNet
 weights' input normalization (torchvision: ImageNet mean/std), set by the runner.
 
-Commands, as run for docs/results.md (2026-11-27, 2-core CPU VM; wall time measured):
-  # Bohaju sample, used whole (per_class caps at its 198 / 118 images): 12.7 min
+Commands, as run for docs/results.md (2026-11-27, 2-core CPU VM, commit 47d11c6; wall
+time measured):
+  # Bohaju sample, used whole (per_class caps at its 198 / 118 images): 5.9 min
   python -m spp_resnet.experiments.ablation --config=configs/ablation_cpu.py \
       --workdir=runs/ablation_cpu/bohaju --title='Bohaju sample (binary), CPU' \
       --config.data.dataset=brain_tumor --config.data.data_dir=/tmp/tfds \
       --config.data.manual_dir=../shared/data/bohaju_brain_tumor_sample \
       --config.data.split.per_class=1500 --config.data.split.max_per_class=0
-  # Bhuvaji 4-class set binarized, 250 + 250 images, 4 epochs: 23.7 min
+  # Bhuvaji 4-class set binarized, 250 + 250 images, 4 epochs: 11.0 min
   # (with 100 + 100 images and 3 epochs, i.e. 24 steps, every model predicted one class)
   python -m spp_resnet.experiments.ablation --config=configs/ablation_cpu.py \
       --workdir=runs/ablation_cpu/bhuvaji_binary \
@@ -47,7 +48,7 @@ Commands, as run for docs/results.md (2026-11-27, 2-core CPU VM; wall time measu
       --config.data.manual_dir=../shared/data/brain_tumor_classification_mri \
       --config.data.split.per_class=250 --config.data.split.max_per_class=250 \
       --config.num_epochs=4 --config.eval_every_epochs=4
-  # figshare subset, 3 classes, 30 patients ('grouped' = by patient), 8 epochs
+  # figshare subset, 3 classes, 30 patients ('grouped' = by patient), 8 epochs: 9.2 min
   python -m spp_resnet.experiments.ablation --config=configs/ablation_cpu.py \
       --workdir=runs/ablation_cpu/figshare \
       --title='figshare subset (3 classes, 30 patients), CPU' \
