@@ -29,8 +29,7 @@ def exit_on_user_error(*errors: type[Exception]):
   try:
     yield
   except (ConfigError, FileNotFoundError, *errors) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit(str(e))
 
 
 def _exit(message: str) -> NoReturn:

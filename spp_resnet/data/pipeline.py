@@ -206,7 +206,7 @@ class _DecodedBatch:
 
 
 @dataclasses.dataclass(frozen=True)
-class _EvalBatch:
+class EvalBatch:
   """eval batch number -> padded local batch with mask."""
   batch_fn: Callable[[np.ndarray], dict]
   num_examples: int
@@ -416,7 +416,7 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
       raise ValueError(f'Unknown split {split!r}; have {sorted(split_indices)}.')
     n = len(split_indices[split])
     num_batches = math.ceil(n / eval_batch_size)
-    ds = grain.MapDataset.range(num_batches).map(_EvalBatch(
+    ds = grain.MapDataset.range(num_batches).map(EvalBatch(
         batch_fn(split), n, eval_batch_size, local_eval, process_index, prep.image_size))
     threads = 1 if data_config.cache else _num_threads()
     return iter(ds.to_iter_dataset(grain.ReadOptions(

@@ -29,7 +29,7 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # keras.applications.resnet50.preprocess_input ('caffe' mode): BGR, [0, 255], mean only.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-# normalization='auto' resolved from config.pretrained.source.
+
 def resolve_normalization(normalization: str, pretrained_source: str = '') -> str:
   """'auto' -> the normalization the pretrained weights were trained with."""
   if normalization == 'auto':

@@ -175,24 +175,9 @@ def restore_model(config, workdir: str, num_classes: int, step: int | None = Non
   step = checkpointer.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  state = checkpointer.restore(abstract, step=step)
+  state = checkpointer.restore(state, step=step)
   checkpointer.close()
   return steps, state, mesh, normalization, step
-
-
-def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
-  """Fixed-size batches with a mask for the padding (single process)."""
-  n = len(labels)
-  for start in range(0, n, batch_size):
-    positions = np.arange(start, start + batch_size)
-    mask = positions < n
-    image = np.zeros((batch_size,) + images.shape[1:], images.dtype)
-    label = np.zeros((batch_size,), np.int32)
-    image[mask] = images[positions[mask]]
-    label[mask] = labels[positions[mask]]
-    yield {'image': image, 'label': label, 'mask': mask}
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +227,11 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       mesh=mesh, steps=steps,
       pipeline=types.SimpleNamespace(
           num_classes=num_classes, class_names=list(model_classes),
-          eval_batches=lambda split: _eval_batches(images, labels, batch_size)))
+          eval_batches=lambda split: map(
+              pipeline_lib.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
+                                     len(labels), batch_size, batch_size, 0,
+                                     images.shape[1]),
+              range(math.ceil(len(labels) / batch_size)))))
   result = train.evaluate(exp, state, 'external')
   result.step = step
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -33,12 +34,18 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
-    """Restores into `abstract_state`'s structure and shardings (and the iterator)."""
+  def restore(self, target, data_iterator=None, step: int | None = None):
+    """Restores into `target`'s structure, dtypes and shardings (and the iterator).
+
+    `target` is a state of the same structure (arrays or ShapeDtypeStructs); only its
+    shapes, dtypes and shardings are used.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}')
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    items = {'state': ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items))['state']

@@ -282,9 +282,7 @@ def _restore_or_init(exp: Experiment, workdir: str) -> TrainState:
   if step is None:
     return exp.state
   logging.info('Resuming from the checkpoint at step %d in %s.', step, workdir)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), exp.state)
-  return exp.checkpointer.restore(abstract, exp.pipeline.train_iter, step)
+  return exp.checkpointer.restore(exp.state, exp.pipeline.train_iter, step)
 
 
 def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None) -> None:
@@ -353,9 +351,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if step is None:
     raise FileNotFoundError(
         f'No checkpoint in {exp.checkpointer.directory}: train first with --mode=train.')
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), exp.state)
-  state = exp.checkpointer.restore(abstract, step=step)
+  state = exp.checkpointer.restore(exp.state, step=step)
   exp.checkpointer.close()
   result = evaluate(exp, state, split)
   exp.pipeline.close()
