@@ -2,6 +2,8 @@
 
   builders/    TFDS builders of the real datasets (`builders.load`, `read_metadata`)
   phantom      the SYNTHETIC embedded default dataset ('phantom')
+  mix          several labelled datasets pooled into one ('mix', config.data.mix)
+  class_mapping  one dataset's class names onto another's (tumor / no tumor, by name)
   hashing      content hash and perceptual hash (pHash) of images
   preprocess   paper preprocessing (host, numpy) and `to_model_input` (device, JAX)
   augment      `augment_batch`: random rot90 / flips on device (JAX)

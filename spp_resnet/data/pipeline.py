@@ -45,14 +45,18 @@ from spp_resnet.data import splits as splits_lib
 
 # ---- Registry and pooling ----------------------------------------------------------------
 
-def load_dataset(name: str, *, data_dir: str = '', manual_dir: str = ''):
-  """Registry: 'phantom[/opts]' -> the SYNTHETIC phantom; anything else -> builders.load.
+def load_dataset(name: str, *, data_dir: str = '', manual_dir: str = '', mix: str = ''):
+  """Registry: 'phantom[/opts]' -> the SYNTHETIC phantom; 'mix' -> the datasets listed in
+  `mix` pooled into one (`mix.py`; manual_dir unused); anything else -> builders.load.
 
   Returns an object with `sources` (split name -> random-access source of record dicts),
   `class_names` and `build_report`.
   """
   if name == 'phantom' or name.startswith('phantom/'):
     return phantom.load(name)
+  if name == 'mix':
+    from spp_resnet.data import mix as mix_lib  # pylint: disable=g-import-not-at-top
+    return mix_lib.load(mix, data_dir=data_dir)
   from spp_resnet.data import builders  # pylint: disable=g-import-not-at-top  # TFDS: slow
   return builders.load(name, data_dir=data_dir, manual_dir=manual_dir)
 
@@ -89,7 +93,8 @@ class ConcatSource:
 @dataclasses.dataclass
 class PooledDataset:
   source: ConcatSource
-  metadata: dict[str, np.ndarray]  # the builders' keys + 'origin' (TFDS split name)
+  # The builders' keys + 'origin' (TFDS split name); a mix adds 'dataset' (mix.py).
+  metadata: dict[str, np.ndarray]
   class_names: list[str]
   build_report: dict
 
@@ -115,8 +120,15 @@ def pool(loaded) -> PooledDataset:
                        dict(getattr(loaded, 'build_report', {}) or {}))
 
 
-def load_pooled(name: str, *, data_dir: str = '', manual_dir: str = '') -> PooledDataset:
-  return pool(load_dataset(name, data_dir=data_dir, manual_dir=manual_dir))
+def load_pooled(name: str, *, data_dir: str = '', manual_dir: str = '',
+                mix: str = '') -> PooledDataset:
+  return pool(load_dataset(name, data_dir=data_dir, manual_dir=manual_dir, mix=mix))
+
+
+def pooled_from_config(data_config) -> PooledDataset:
+  """The pooled dataset of a `config.data` (dataset, data_dir, manual_dir, mix)."""
+  return load_pooled(data_config.dataset, data_dir=data_config.data_dir,
+                     manual_dir=data_config.manual_dir, mix=data_config.get('mix', ''))
 
 
 # ---- Host preprocessing ------------------------------------------------------------------
@@ -355,8 +367,7 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
                      f'count {process_count}.')
   normalization = preprocess.resolve_normalization(data_config.normalization,
                                                    pretrained_source)
-  pooled = load_pooled(data_config.dataset, data_dir=data_config.data_dir,
-                       manual_dir=data_config.manual_dir)
+  pooled = pooled_from_config(data_config)
   split_indices = splits_lib.make_splits(pooled.metadata, data_config.split)
   logging.info('Dataset %s (%d records), split %s: %s', data_config.dataset,
                len(pooled.source), data_config.split.protocol,
