@@ -91,7 +91,7 @@ def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -
   init_s = time.perf_counter() - t0
   normalization = preprocess.resolve_normalization(config.data.normalization,
                                                    config.pretrained.source)
-  steps_ = train_lib.make_steps(graphdef, tx, config, normalization, num_classes, mesh)
+  steps_ = train_lib.make_steps(graphdef, tx, config, normalization, mesh)
   n_params = sum(int(np.prod(x.shape)) for x in
                  jax.tree.leaves((state.params, state.frozen)))
 

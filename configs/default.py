@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.dataset = 'brain_tumor'
   data.data_dir = ''    # where TFDS writes prepared datasets ('' = TFDS default)
   data.manual_dir = ''  # where the user unpacked the downloaded archive
+  data.mix = ''  # dataset 'mix': 'NAME=MANUAL_DIR;NAME=MANUAL_DIR;...' (see data/mix.py)
   data.image_size = 224
   # Paper preprocessing: linear intensity normalization to [0, 1], then contrast
   # stretching between these percentiles, then resize.
@@ -52,11 +53,28 @@ def get_config() -> ml_collections.ConfigDict:
   split.near_duplicate_threshold = 6  # max Hamming distance of 64-bit perceptual hashes
   split.max_per_class = 0  # 'grouped': > 0 = a random subset of whole groups, ~this per class
   split.seed = 0
+  # > 0: this fraction of the train split becomes a validation split (always grouped,
+  # leakage-safe), used each epoch to keep the best checkpoint and to fit the decision
+  # threshold (config.selection); the test split is then evaluated once, at the end.
+  # 0 (the paper): no validation; the test split is evaluated every epoch.
+  split.val_fraction = 0.0
   # Device-side augmentation (inside the jitted train step).
   data.augment = augment = ml_collections.ConfigDict()
   augment.rot90 = True   # rotation by a random multiple of 90 degrees
   augment.hflip = True
   augment.vflip = True
+  # Beyond the paper (all off here): one random affine per image (crop area fraction,
+  # aspect ratio, rotation in degrees, shift as a fraction of the size) and intensity
+  # jitter (brightness, contrast, gamma, noise, blur), see data/augment.py.
+  augment.crop_scale = (1.0, 1.0)
+  augment.aspect_ratio = (1.0, 1.0)
+  augment.rotate_degrees = 0.0
+  augment.translate = 0.0
+  augment.brightness = 0.0
+  augment.contrast = 0.0
+  augment.gamma = (1.0, 1.0)
+  augment.noise_std = 0.0
+  augment.blur = 0.0
 
   # ---- Model -------------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
@@ -94,6 +112,24 @@ def get_config() -> ml_collections.ConfigDict:
   opt.step_boundaries_epochs = ()  # 'step' schedule
   opt.step_factor = 0.1
   opt.grad_clip_norm = 0.0  # 0 = off
+
+  # ---- Loss --------------------------------------------------------------------------
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.label_smoothing = 0.0
+  loss.class_weights = 'none'  # 'balanced': weight classes by N / (K * class count)
+
+  # ---- Model selection (needs data.split.val_fraction > 0, except 'fixed') -------------
+  config.selection = selection = ml_collections.ConfigDict()
+  # Validation metric of the kept checkpoint: 'roc_auc', 'accuracy', 'f1', 'loss', ...
+  selection.metric = 'roc_auc'
+  # Decision threshold on P(positive), binary tasks: 'fixed' (fixed_threshold), 'youden'
+  # (max sensitivity + specificity - 1 on validation) or 'sensitivity' (the highest
+  # threshold reaching target_sensitivity on validation). Saved with the run and used by
+  # every evaluation of it.
+  selection.threshold = 'fixed'
+  selection.fixed_threshold = 0.5
+  selection.target_sensitivity = 0.9
+  selection.early_stopping_patience = 0  # epochs without improvement; 0 = off
 
   # Transfer learning: freeze the backbone ('none', 'all', or 'stem', 'stage1'..'stage4'
   # = everything up to and including that stage) and/or BatchNorm statistics.

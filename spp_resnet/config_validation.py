@@ -52,7 +52,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
            split.num_folds)
   _require(split.num_folds == 0 or 0 <= split.fold < split.num_folds, 'data.split.fold',
            f'must be in [0, num_folds={split.num_folds})', split.fold)
+  from spp_resnet.data import augment  # pylint: disable=g-import-not-at-top
+  try:
+    augment.AugmentSpec.from_config(data.augment)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'config.data.{e}' if str(e).startswith('augment.') else
+                      f'config.data.augment: {e}') from None
+  val_fraction = split.get('val_fraction', 0.0)
+  _require(0.0 <= val_fraction < 1.0, 'data.split.val_fraction', 'must be in [0, 1)',
+           val_fraction)
   _require(data.num_workers >= 0, 'data.num_workers', 'must be >= 0', data.num_workers)
+  if data.dataset == 'mix':  # the parts must parse before any dataset is built
+    from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
+    try:
+      mix.parse_mix(data.get('mix', ''))
+    except ValueError as e:
+      raise ConfigError(f"config.data.mix={data.get('mix', '')!r}: {e}") from None
 
   model = config.model
   from spp_resnet.models import BACKBONES  # Deferred: models import flax.
@@ -80,5 +95,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(opt.weight_decay >= 0, 'optimizer.weight_decay', 'must be >= 0', opt.weight_decay)
   _require(opt.warmup_epochs >= 0, 'optimizer.warmup_epochs', 'must be >= 0',
            opt.warmup_epochs)
+  loss = config.loss
+  _require(0.0 <= loss.label_smoothing < 1.0, 'loss.label_smoothing', 'must be in [0, 1)',
+           loss.label_smoothing)
+  _choice(config, 'loss.class_weights', ('none', 'balanced'))
+
+  from spp_resnet.evaluation import metrics  # Deferred, like the models.
+  sel = config.selection
+  _choice(config, 'selection.threshold', metrics.THRESHOLD_RULES)
+  _require(sel.threshold == 'fixed' or val_fraction > 0, 'selection.threshold',
+           'needs a validation split to fit it on (set data.split.val_fraction > 0)',
+           sel.threshold)
+  _require(0.0 < sel.fixed_threshold < 1.0, 'selection.fixed_threshold', 'must be in (0, 1)',
+           sel.fixed_threshold)
+  _require(0.0 < sel.target_sensitivity <= 1.0, 'selection.target_sensitivity',
+           'must be in (0, 1]', sel.target_sensitivity)
+  _require(isinstance(sel.early_stopping_patience, int) and sel.early_stopping_patience >= 0,
+           'selection.early_stopping_patience', 'must be an integer >= 0',
+           sel.early_stopping_patience)
+  _require(sel.early_stopping_patience == 0 or val_fraction > 0,
+           'selection.early_stopping_patience',
+           'needs a validation split (set data.split.val_fraction > 0)',
+           sel.early_stopping_patience)
+  _require(sel.metric in metrics.SELECTION_METRICS, 'selection.metric',
+           f'must be one of {", ".join(map(repr, metrics.SELECTION_METRICS))}', sel.metric)
   _choice(config, 'freeze.backbone_up_to',
           ('none', 'all', 'stem', 'stage1', 'stage2', 'stage3', 'stage4'))

@@ -2,8 +2,6 @@
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,40 +29,55 @@ def _pairwise_auc(scores, positive):
   return ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
 
 
-# ---- Device confusion matrix ------------------------------------------------------------
+# ---- Predictions, confusion matrix and decision threshold --------------------------------
 
 
-def test_confusion_matrix_matches_numpy_and_ignores_masked():
+def test_confusion_from_predictions_matches_definition():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 4, 64)
   predictions = rng.integers(0, 4, 64)
-  mask = rng.random(64) < 0.7
-  got = M.confusion_matrix(jnp.asarray(labels), jnp.asarray(predictions),
-                           jnp.asarray(mask), 4)
-  assert got.dtype == jnp.int32 and got.shape == (4, 4)
-  np.testing.assert_array_equal(got, _numpy_confusion(labels, predictions, mask, 4))
-  assert int(got.sum()) == mask.sum()
-
-
-def test_confusion_matrix_small_case_and_padding_labels():
-  labels = jnp.array([0, 0, 1, 1, 1, -1])  # -1: a padding example
-  predictions = jnp.array([0, 1, 1, 1, 0, 0])
-  mask = jnp.array([True, True, True, True, False, True])
-  np.testing.assert_array_equal(M.confusion_matrix(labels, predictions, mask, 2),
+  got = M.confusion_from_predictions(labels, predictions, 4)
+  np.testing.assert_array_equal(got, _numpy_confusion(labels, predictions,
+                                                      np.ones(64, bool), 4))
+  np.testing.assert_array_equal(M.confusion_from_predictions([0, 0, 1, 1], [0, 1, 1, 1], 2),
                                 [[1, 1], [0, 2]])
 
 
-def test_confusion_matrix_jits_and_sums_over_batches():
-  rng = np.random.default_rng(1)
-  labels = rng.integers(0, 3, 96)
-  predictions = rng.integers(0, 3, 96)
-  mask = np.ones(96, bool)
-  mask[90:] = False  # the padded tail of the last batch
-  step = jax.jit(M.confusion_matrix, static_argnames='num_classes')
-  total = sum(step(labels[i:i + 32], predictions[i:i + 32], mask[i:i + 32], num_classes=3)
-              for i in range(0, 96, 32))
-  np.testing.assert_array_equal(total, step(labels, predictions, mask, num_classes=3))
-  np.testing.assert_array_equal(total, _numpy_confusion(labels, predictions, mask, 3))
+def test_predict_binary_at_threshold_and_multiclass_argmax():
+  p1 = np.array([0.1, 0.3, 0.5, 0.7])
+  probs = np.stack([1 - p1, p1], axis=-1)
+  np.testing.assert_array_equal(M.predict(probs), [0, 0, 1, 1])
+  np.testing.assert_array_equal(M.predict(probs, 0.25), [0, 1, 1, 1])
+  np.testing.assert_array_equal(M.predict(np.eye(3)[[2, 0, 1]]), [2, 0, 1])
+
+
+def test_choose_threshold_youden_separates_and_sits_between_scores():
+  # Negatives 0.1..0.4, positives 0.35..0.9: J is maximal cutting between 0.4 and 0.45.
+  neg = np.array([0.1, 0.2, 0.3, 0.4])
+  pos = np.array([0.35, 0.45, 0.6, 0.9])
+  scores, labels = np.r_[neg, pos], np.r_[np.zeros(4), np.ones(4)]
+  t = M.choose_threshold(scores, labels, 'youden')
+  assert t == pytest.approx((0.45 + 0.4) / 2)
+  pred = scores >= t
+  assert pred[labels == 1].mean() == 0.75 and (~pred[labels == 0]).mean() == 1.0
+  assert M.choose_threshold(scores, labels, 'fixed', fixed=0.3) == 0.3
+
+
+def test_choose_threshold_target_sensitivity_is_highest_reaching_it():
+  neg = np.array([0.1, 0.2, 0.3, 0.4])
+  pos = np.array([0.35, 0.45, 0.6, 0.9])
+  scores, labels = np.r_[neg, pos], np.r_[np.zeros(4), np.ones(4)]
+  t = M.choose_threshold(scores, labels, 'sensitivity', target_sensitivity=1.0)
+  assert t == pytest.approx((0.35 + 0.3) / 2)  # must take 0.35 in, and 0.4 with it
+  assert (scores[labels == 1] >= t).all()
+  t = M.choose_threshold(scores, labels, 'sensitivity', target_sensitivity=0.5)
+  assert (scores[labels == 1] >= t).mean() == 0.5 and t > 0.45
+
+
+def test_choose_threshold_single_class_falls_back_to_fixed():
+  assert M.choose_threshold([0.2, 0.9], [1, 1], 'youden') == 0.5
+  with pytest.raises(ValueError, match='threshold rule'):
+    M.choose_threshold([0.2, 0.9], [0, 1], 'best')
 
 
 # ---- Host metrics -----------------------------------------------------------------------
@@ -312,3 +325,26 @@ def test_markdown_table_with_intervals():
   table = M.markdown_table(['model', 'accuracy'], [['spp', ci.format()], ['gap', 0.9]])
   _check_aligned(table)
   assert table.splitlines()[1].endswith(':|')  # numeric column right-aligned
+
+
+def test_wilson_interval_known_values():
+  # 8 of 10: Wilson 95% = [0.4902, 0.9433] (standard tables).
+  ci = M.wilson_ci(8, 10)
+  assert ci.mean == 0.8
+  assert (ci.low, ci.high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+  ci = M.wilson_ci(10, 10)
+  assert ci.high == 1.0 and ci.low == pytest.approx(0.7225, abs=1e-4)
+  assert math.isnan(M.wilson_ci(0, 0).mean)
+
+
+def test_binary_intervals_contain_the_estimates():
+  rng = np.random.default_rng(0)
+  labels = rng.random(200) < 0.4
+  scores = np.where(labels, rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200))
+  confusion = M.confusion_from_predictions(labels, scores >= 0.5, 2)
+  got = M.binary_intervals(confusion, scores, labels)
+  m = M.compute_metrics(confusion, scores=scores, labels=labels)
+  for key in ('accuracy', 'sensitivity', 'specificity', 'roc_auc'):
+    assert got[key].mean == pytest.approx(m[key])
+    assert got[key].low < m[key] < got[key].high
+  assert 0.05 < got['roc_auc'].high - got['roc_auc'].low < 0.25

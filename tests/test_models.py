@@ -138,3 +138,14 @@ def test_bfloat16_compute_keeps_float32_params():
   model = ResNet(18, 'v1.5', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert model(jnp.zeros((1, 64, 64, 3)), train=False).dtype == jnp.bfloat16
+
+
+def test_bfloat16_classifier_gives_distinct_float32_logits():
+  backbone = ResNet(18, 'v1.5', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  model = Classifier(backbone, num_classes=2, head_hidden=(16,), dtype=jnp.bfloat16,
+                     spp_levels=(1, 2), rngs=nnx.Rngs(1))
+  x = jax.random.uniform(jax.random.key(0), (256, 32, 32, 3))
+  logits = model(x, train=False)
+  assert logits.dtype == jnp.float32
+  # bf16 has 8 significant bits: a bf16 output layer gives many ties among 256 logits.
+  assert len(np.unique(np.asarray(logits))) == 256

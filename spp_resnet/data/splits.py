@@ -4,7 +4,8 @@ Input is the metadata of the pooled records (all TFDS splits concatenated, becau
 datasets' own Training/Testing splits leak): numpy arrays `label`, `sha256`, `phash`
 (16 hex chars, 64-bit pHash; or integers), `patient_id` ('' = unknown); for protocol
 'original' also `origin`, the TFDS split each record came from. Output: sorted index
-arrays {'train': ..., 'test': ...} into the pooled source. Deterministic given
+arrays {'train': ..., 'test': ...} (and 'val' with `val_fraction` > 0, carved from
+train, always leakage-safe) into the pooled source. Deterministic given
 `split.seed`.
 
 Protocols (config.data.split.protocol):
@@ -298,8 +299,46 @@ def original_split(origin: np.ndarray) -> dict[str, np.ndarray]:
   return _finish(idx[origin == 'train'], idx[origin == 'test'])
 
 
+def carve_validation(metadata: Mapping[str, np.ndarray], train: np.ndarray, *,
+                     val_fraction: float, seed: int,
+                     near_duplicate_threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits the train indices into (train, val), leakage-safe whatever the protocol.
+
+  Validation chooses the checkpoint and the decision threshold, so a near-duplicate of a
+  validation slice in training would make it optimistic exactly like a leaky test set:
+  whole groups (same pixels, near duplicates, same patient) go to one side, with every
+  class split in the same proportion (`assign_groups`). Without image hashes (e.g. a
+  source that has none) only patients are grouped.
+  """
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}.')
+  train = np.asarray(train, np.int64)
+  sub = {k: np.asarray(v)[train] for k, v in metadata.items()
+         if k in ('label', 'sha256', 'phash', 'patient_id')}
+  kinds = ('exact', 'near', 'patient') if 'phash' in sub and 'sha256' in sub else ('patient',)
+  ids = group_ids(sub, near_duplicate_threshold=near_duplicate_threshold, kinds=kinds)
+  bins = assign_groups(ids, sub['label'], [1.0 - val_fraction, val_fraction],
+                       _rng(seed, 'validation'))
+  return np.sort(train[bins == 0]), np.sort(train[bins == 1])
+
+
 def make_splits(metadata: Mapping[str, np.ndarray], split_config) -> dict[str, np.ndarray]:
-  """config.data.split + pooled metadata -> {'train': idx, 'test': idx}."""
+  """config.data.split + pooled metadata -> {'train', 'test'[, 'val']: sorted indices}.
+
+  `val_fraction` > 0 carves a validation split out of the protocol's train split
+  (`carve_validation`); the test split is the same with or without it.
+  """
+  split = _protocol_split(metadata, split_config)
+  val_fraction = float(split_config.get('val_fraction', 0.0) or 0.0)
+  if val_fraction > 0:
+    split['train'], split['val'] = carve_validation(
+        metadata, split['train'], val_fraction=val_fraction, seed=int(split_config.seed),
+        near_duplicate_threshold=int(split_config.near_duplicate_threshold))
+  return split
+
+
+def _protocol_split(metadata: Mapping[str, np.ndarray], split_config) -> dict[str, np.ndarray]:
   protocol = split_config.protocol
   seed = int(split_config.seed)
   if protocol == 'original':

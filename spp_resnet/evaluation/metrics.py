@@ -1,7 +1,8 @@
-"""Classification metrics: a device-side confusion matrix and host-side summaries.
+"""Classification metrics, on the host, from per-example class probabilities.
 
-The jitted eval step only accumulates `confusion_matrix` (plus, for ROC AUC, the
-per-example class probabilities); everything else is computed on the host from those.
+The jitted eval step returns class probabilities; predictions (at a decision threshold
+chosen on validation data, `choose_threshold`), confusion matrices and every summary are
+computed here from those, so one evaluation serves any threshold.
 
 Conventions:
   * Confusion matrices are indexed [true class, predicted class].
@@ -14,32 +15,13 @@ Conventions:
 
 from collections.abc import Mapping, Sequence
 import math
+import statistics
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Metrics computed per class in the multi-class case, in table order.
 _PER_CLASS = ('precision', 'recall', 'sensitivity', 'specificity', 'f1', 'roc_auc')
-
-
-# ---- Device side ------------------------------------------------------------------------
-
-
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, mask: jax.Array,
-                     num_classes: int) -> jax.Array:
-  """int32 [K, K] counts of (true, predicted) pairs over the examples where `mask`.
-
-  Jit-safe (`num_classes` must be static) and additive, so per-batch matrices can be
-  summed. Labels or predictions outside [0, K) are not counted.
-  """
-  true_onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
-  pred_onehot = jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
-  true_onehot = true_onehot * mask.astype(jnp.int32)[:, None]
-  # An elementwise product and sum rather than a matmul: exact integer counts whatever
-  # the backend's matmul precision, and B*K*K is tiny for a handful of classes.
-  return jnp.sum(true_onehot[:, :, None] * pred_onehot[:, None, :], axis=0)
 
 
 # ---- Host side --------------------------------------------------------------------------
@@ -113,6 +95,58 @@ def roc_curve(scores: np.ndarray,
   tpr = np.r_[0.0, true_pos / num_pos]
   thresholds = np.r_[np.inf, scores[last_of_tie]]
   return fpr, tpr, thresholds
+
+
+THRESHOLD_RULES = ('fixed', 'youden', 'sensitivity')
+# Validation metrics a run can keep its best checkpoint by ('loss': lower is better).
+SELECTION_METRICS = ('roc_auc', 'accuracy', 'f1', 'precision', 'recall', 'sensitivity',
+                     'specificity', 'loss')
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, rule: str, *,
+                     fixed: float = 0.5, target_sensitivity: float = 0.9) -> float:
+  """Decision threshold on P(positive) (positive iff score >= threshold), from `rule`.
+
+  'fixed': `fixed`. 'youden': maximizes sensitivity + specificity - 1 (Youden's J);
+  'sensitivity': the highest threshold reaching `target_sensitivity`, i.e. the best
+  specificity at that sensitivity. Both are fitted on validation scores: the threshold
+  lies halfway between the score where the chosen operating point starts and the next
+  lower score, so that scores of new images near the edge fall on the side they were
+  fitted on as often as not. Labels with one class only give `fixed`.
+  """
+  if rule not in THRESHOLD_RULES:
+    raise ValueError(f'threshold rule {rule!r} is not one of {THRESHOLD_RULES}')
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  if rule == 'fixed' or positive.all() or not positive.any() or np.isnan(scores).any():
+    return float(fixed)
+  fpr, tpr, thresholds = roc_curve(scores, positive)
+  # Index 0 is the +inf threshold (nothing positive); candidates are 1..n.
+  if rule == 'youden':
+    j = tpr[1:] - fpr[1:]
+    i = 1 + int(np.argmax(j))  # first maximum = highest threshold, fewest positives
+  else:
+    i = 1 + int(np.argmax(tpr[1:] >= target_sensitivity - 1e-12))
+  upper = thresholds[i]
+  lower = thresholds[i + 1] if i + 1 < len(thresholds) else 0.0
+  return float((upper + lower) / 2.0)
+
+
+def predict(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+  """Predicted class per row of probabilities [N, K]: binary at `threshold` on P(class 1)
+  (None = 0.5), otherwise the most probable class."""
+  probs = np.asarray(probs)
+  if probs.shape[-1] == 2:
+    return (probs[:, 1] >= (0.5 if threshold is None else threshold)).astype(np.int64)
+  return np.argmax(probs, axis=-1)
+
+
+def confusion_from_predictions(labels: np.ndarray, predictions: np.ndarray,
+                               num_classes: int) -> np.ndarray:
+  """Host [K, K] counts of (true, predicted) pairs."""
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
+  return confusion
 
 
 def compute_metrics(confusion: np.ndarray,
@@ -240,6 +274,56 @@ def bootstrap_ci(values: Sequence[float],
   tail = (1.0 - confidence) / 2.0
   low, high = np.quantile(resampled_means, [tail, 1.0 - tail])
   return ConfidenceInterval(float(values.mean()), float(low), float(high))
+
+
+def wilson_ci(successes: int, trials: int, confidence: float = 0.95) -> ConfidenceInterval:
+  """Proportion and Wilson score interval (sensitivity, specificity, accuracy of one
+  run: a binomial count, where the normal interval misbehaves near 0 and 1)."""
+  if trials <= 0:
+    return ConfidenceInterval(math.nan, math.nan, math.nan)
+  z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+  p = successes / trials
+  denominator = 1.0 + z * z / trials
+  centre = (p + z * z / (2 * trials)) / denominator
+  half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+  return ConfidenceInterval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def auc_ci(scores: np.ndarray, labels: np.ndarray, confidence: float = 0.95,
+           num_resamples: int = 2000, seed: int = 0) -> ConfidenceInterval:
+  """ROC AUC and a stratified percentile-bootstrap interval (positives and negatives
+  resampled separately, so every resample has both)."""
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  auc = roc_auc(scores, positive)
+  if math.isnan(auc):
+    return ConfidenceInterval(math.nan, math.nan, math.nan)
+  rng = np.random.default_rng(seed)
+  pos, neg = scores[positive], scores[~positive]
+  values = np.empty(num_resamples)
+  labels_resampled = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+  for i in range(num_resamples):
+    resampled = np.r_[pos[rng.integers(0, pos.size, pos.size)],
+                      neg[rng.integers(0, neg.size, neg.size)]]
+    values[i] = roc_auc(resampled, labels_resampled)
+  tail = (1.0 - confidence) / 2.0
+  low, high = np.quantile(values, [tail, 1.0 - tail])
+  return ConfidenceInterval(auc, float(low), float(high))
+
+
+def binary_intervals(confusion: np.ndarray, scores: np.ndarray | None = None,
+                     labels: np.ndarray | None = None,
+                     confidence: float = 0.95) -> dict[str, ConfidenceInterval]:
+  """95% intervals of one binary evaluation: Wilson for accuracy, sensitivity and
+  specificity (from the confusion matrix), stratified bootstrap for ROC AUC."""
+  confusion = np.asarray(confusion, np.int64)
+  (tn, fp), (fn, tp) = confusion
+  out = {'accuracy': wilson_ci(tn + tp, confusion.sum(), confidence),
+         'sensitivity': wilson_ci(tp, tp + fn, confidence),
+         'specificity': wilson_ci(tn, tn + fp, confidence)}
+  if scores is not None:
+    out['roc_auc'] = auc_ci(scores, labels, confidence)
+  return out
 
 
 # ---- Tables -----------------------------------------------------------------------------

@@ -34,82 +34,17 @@ import os
 import re
 import sys
 import time
-import types
 
 from absl import app, flags, logging
 import ml_collections
 import numpy as np
 
 from spp_resnet import cli
+# The mapping rules live in the data layer (data.mix uses them too); re-exported here.
+from spp_resnet.data.class_mapping import (  # pylint: disable=unused-import
+    NEGATIVE_NAMES, TUMOR_NAMES, MappingError, canonical, map_classes)
 
 FLAGS = flags.FLAGS
-
-# Class names (after `canonical`) that mean "no tumor" / "tumor" to a binary model.
-NEGATIVE_NAMES = frozenset({'no_tumor', 'no', 'normal', 'healthy', 'negative', 'non_tumor',
-                            'nontumor', 'without_tumor', 'notumour', 'no_tumour', '0'})
-TUMOR_NAMES = frozenset({'tumor', 'tumour', 'yes', 'positive', 'abnormal', '1', 'glioma',
-                         'meningioma', 'pituitary', 'pituitary_adenoma', 'glioblastoma',
-                         'astrocytoma', 'metastasis', 'metastases', 'schwannoma',
-                         'neurocytoma', 'ependymoma', 'oligodendroglioma', 'carcinoma',
-                         'lymphoma', 'lesion'})
-
-
-class MappingError(ValueError):
-  """The other dataset's classes cannot be mapped onto the model's."""
-
-
-def canonical(name: str) -> str:
-  """'Glioma_Tumor' -> 'glioma', 'notumor' -> 'no_tumor', 'No Tumor' -> 'no_tumor'."""
-  n = re.sub(r'[^a-z0-9]+', '_', str(name).lower()).strip('_')
-  if n in ('notumor', 'no_tumor', 'notumour', 'no_tumour'):
-    return 'no_tumor'
-  for suffix in ('_tumor', '_tumour'):
-    if n.endswith(suffix) and n != suffix[1:]:
-      n = n[:-len(suffix)]
-  return n
-
-
-def map_classes(external: list[str], model: list[str], explicit: dict[str, str] | None = None,
-                ignore: list[str] | None = None) -> np.ndarray:
-  """Model class index for each external class (-1 = its images are left out).
-
-  Raises MappingError naming every external class that maps to nothing.
-  """
-  explicit = dict(explicit or {})
-  ignore = {canonical(c) for c in (ignore or [])}
-  model_canon = [canonical(c) for c in model]
-  binary_tumor = sorted(model_canon) == ['no_tumor', 'tumor']
-  out = np.full(len(external), -1, np.int64)
-  unmapped = []
-  explicit_canon = {canonical(k): v for k, v in explicit.items()}
-  for i, name in enumerate(external):
-    c = canonical(name)
-    if c in ignore:
-      continue
-    target = explicit.get(name, explicit_canon.get(c))
-    if target is not None:
-      if canonical(target) not in model_canon:
-        raise MappingError(f'--class_map: {name}={target}, but the model\'s classes are '
-                           f'{model}.')
-      out[i] = model_canon.index(canonical(target))
-    elif c in model_canon:
-      out[i] = model_canon.index(c)
-    elif binary_tumor and c in NEGATIVE_NAMES:
-      out[i] = model_canon.index('no_tumor')
-    elif binary_tumor and c in TUMOR_NAMES:
-      out[i] = model_canon.index('tumor')
-    else:
-      unmapped.append(name)
-  if unmapped:
-    raise MappingError(
-        f'Cannot map the dataset\'s classes {unmapped} onto the model\'s classes {model} '
-        f'(the dataset has {external}). Map them with --class_map=theirs=ours,... (e.g. '
-        f'--class_map={unmapped[0]}={model[-1]}) or leave their images out with '
-        f'--ignore_classes={",".join(unmapped)}.')
-  if not np.any(out >= 0):
-    raise MappingError(f'No class of {external} is left to evaluate.')
-  return out
-
 
 # ---------------------------------------------------------------------------------------
 # The trained run.
@@ -154,7 +89,12 @@ def load_class_names(workdir: str, config) -> list[str]:
 
 
 def restore_model(config, workdir: str, num_classes: int, step: int | None = None):
-  """(steps, state, mesh, normalization, step) of the run's checkpoint."""
+  """(steps, state, mesh, normalization, step, threshold) of the run's model.
+
+  The run's kept best-on-validation checkpoint and its saved decision threshold when it
+  has them (and no `step` is asked for), else the checkpoint `step` (default: the
+  latest) at `selection.fixed_threshold` (0.5 for runs from before it existed).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
@@ -170,14 +110,19 @@ def restore_model(config, workdir: str, num_classes: int, step: int | None = Non
   # The optimizer state's structure does not depend on the schedule's length.
   tx = create_optimizer(config.optimizer, 1, config.num_epochs)
   graphdef, state = train._initial_state(init_config, num_classes, tx, mesh)  # pylint: disable=protected-access
-  steps = train.make_steps(graphdef, tx, config, normalization, num_classes, mesh)
+  steps = train.make_steps(graphdef, tx, config, normalization, mesh)
+  selection = train.load_selection(workdir)
+  if selection is not None and step is None:
+    state, step = train.restore_best(workdir, state)
+    return steps, state, mesh, normalization, step, selection['threshold']
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=max(1, config.keep_checkpoints))
   step = checkpointer.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
   state = checkpointer.restore(state, step=step)
   checkpointer.close()
-  return steps, state, mesh, normalization, step
+  threshold = config.get('selection', {}).get('fixed_threshold', 0.5)
+  return steps, state, mesh, normalization, step, threshold
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,19 +165,15 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   labels = mapping[labels].astype(np.int32)
 
   num_classes = len(model_classes)
-  steps, state, mesh, normalization, step = restore_model(config, workdir, num_classes, step)
+  steps, state, mesh, normalization, step, threshold = restore_model(
+      config, workdir, num_classes, step)
   batch_size = batch_size or int(config.eval_batch_size)
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
-  exp = types.SimpleNamespace(
-      mesh=mesh, steps=steps,
-      pipeline=types.SimpleNamespace(
-          num_classes=num_classes, class_names=list(model_classes),
-          eval_batches=lambda split: map(
-              pipeline_lib.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
-                                     len(labels), batch_size, batch_size, 0,
-                                     images.shape[1]),
-              range(math.ceil(len(labels) / batch_size)))))
-  result = train.evaluate(exp, state, 'external')
+  batch = pipeline_lib.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
+                                 len(labels), batch_size, batch_size, 0, images.shape[1])
+  probs, in_order = train.predict_probs(
+      steps, state, mesh, map(batch, range(math.ceil(len(labels) / batch_size))))
+  result = train.metrics_from_probs(probs, in_order, model_classes, threshold)
   result.step = step
 
   # ---- Reports.
@@ -252,22 +193,30 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'`{config.data.dataset}`, split `{config.data.split.protocol}`, model '
       f'{config.model.backbone} {config.model.variant}, pooling {config.model.pooling}, '
       f'weights {config.pretrained.source or "random init"}), image size '
-      f'{config.data.image_size}, input normalization {normalization}',
+      f'{config.data.image_size}, input normalization {normalization}, decision '
+      f'threshold {_threshold_text(result.threshold, config)}',
       f'- Evaluated: all {len(keep)} images of the dataset (every split); per class '
       f'{counts}', f'- Class mapping (theirs -> model): {mapped}',
       f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
   ]
   with open(os.path.join(out, 'metrics.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(header) + result.table() + '\n')
+  intervals = {}
+  if num_classes == 2:  # 95% intervals over the images (one model, one dataset)
+    intervals = {k: [ci.low, ci.high] for k, ci in metrics_lib.binary_intervals(
+        result.confusion, result.probs[:, 1], result.labels).items()
+                 if not math.isnan(ci.low)}  # undefined on a one-class dataset
   summary = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'manual_dir': manual_dir,
              'step': step, 'num_images': int(len(keep)), 'class_counts': counts,
              'class_mapping': mapped, 'model_classes': list(model_classes),
-             'metrics': result.metrics, 'confusion': np.asarray(result.confusion).tolist(),
+             'threshold': result.threshold,
+             'metrics': result.metrics, 'intervals': intervals,
+             'confusion': np.asarray(result.confusion).tolist(),
              'command': command, 'date': now, 'device': device, 'wall_s': wall}
   with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=1, allow_nan=True)
   filenames = np.asarray(pooled.metadata.get('filename', np.arange(len(ext_labels))))[keep]
-  predicted = np.argmax(result.probs, axis=-1)
+  predicted = metrics_lib.predict(result.probs, result.threshold)
   with open(os.path.join(out, 'predictions.csv'), 'w', newline='', encoding='utf-8') as f:
     w = csv.writer(f)
     w.writerow(['filename', 'their_class', 'true', 'predicted']
@@ -298,6 +247,14 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   print('\n'.join(header) + result.table())
   print(f'\nWritten to {out}')
   return summary
+
+
+def _threshold_text(threshold, config) -> str:
+  if threshold is None:
+    return 'none (argmax)'
+  rule = config.get('selection', {}).get('threshold', 'fixed')
+  fitted = 'fitted on the run\'s validation split' if rule != 'fixed' else 'fixed'
+  return f'P(positive) >= {threshold:.4f} ({rule}, {fitted})'
 
 
 def _parse_map(items: list[str]) -> dict[str, str]:

@@ -42,8 +42,13 @@ class Classifier(nnx.Module):
     features = channels * (spp_lib.num_bins(spp_levels) if pooling == 'spp' else 1)
     init = nnx.initializers.normal(head_init_std)
     dense = []
-    for width in (*head_hidden, 1 if num_classes == 2 else num_classes):
-      dense.append(nnx.Linear(features, width, kernel_init=init, dtype=dtype, rngs=rngs))
+    widths = (*head_hidden, 1 if num_classes == 2 else num_classes)
+    for i, width in enumerate(widths):
+      # The output layer computes in float32 even under bf16: bf16 logits tie (1,000
+      # logits gave 684 distinct values), which blunts ROC AUC and threshold fitting.
+      layer_dtype = jnp.float32 if i == len(widths) - 1 else dtype
+      dense.append(nnx.Linear(features, width, kernel_init=init, dtype=layer_dtype,
+                              rngs=rngs))
       features = width
     self.dense = nnx.List(dense)
     self.dropout = nnx.Dropout(dropout)

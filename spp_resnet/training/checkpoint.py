@@ -17,8 +17,9 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, *, keep: int = 3, save_every_steps: int = 0):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  def __init__(self, workdir: str, *, keep: int = 3, save_every_steps: int = 0,
+               name: str = 'checkpoints'):
+    self.directory = os.path.join(os.path.abspath(workdir), name)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax
@@ -90,11 +91,29 @@ def logits_to_probs(logits: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example sigmoid (one logit) or softmax cross-entropy."""
+def classification_loss(logits: jax.Array, labels: jax.Array,
+                        label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example sigmoid (one logit) or softmax cross-entropy, in float32.
+
+  `label_smoothing` e moves the targets towards uniform: y (1 - e) + e / K.
+  """
+  logits = logits.astype(jnp.float32)
   if logits.shape[-1] == 1:
-    return optax.sigmoid_binary_cross_entropy(logits[:, 0], labels.astype(jnp.float32))
+    targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    return optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray | None:
+  """Per-class loss weights: None for 'none'; 'balanced' = N / (K * count of the class),
+  so every class contributes equally to the loss (as scikit-learn's 'balanced')."""
+  if mode == 'none':
+    return None
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+  return (counts.sum() / (num_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
 def predicted_class(logits: jax.Array) -> jax.Array:
@@ -115,8 +134,11 @@ class Steps:
 
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict, normalization: str,
-               num_classes: int, mesh) -> Steps:
-  aug = config.data.augment
+               mesh, loss_weights: np.ndarray | None = None) -> Steps:
+  """`loss_weights` [K]: per-class weights of the training loss (None = equal)."""
+  augment = augment_lib.AugmentSpec.from_config(config.data.augment)
+  smoothing = float(config.get('loss', {}).get('label_smoothing', 0.0))  # older runs: none
+  weights = None if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
   base_key = jax.random.key(config.seed)
   update_batch_stats = not config.freeze.batch_stats
   trainable = nnx.All(nnx.Param, nnx.Not(frozen_filter(config.freeze.backbone_up_to)))
@@ -128,8 +150,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     # Keys depend only on the step: a resumed run draws the same augmentation/dropout.
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
     # Augment the uint8 single-channel batch: 12x fewer bytes than the model input.
-    images = model_input(augment_lib.augment_batch(
-        batch['image'], aug_key, rot90=aug.rot90, hflip=aug.hflip, vflip=aug.vflip))
+    images = model_input(augment(batch['image'], aug_key))
     labels = batch['label']
 
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
@@ -137,8 +158,11 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     def loss_fn(model):
       logits = model(images, train=True, batch_norm_train=update_batch_stats,
                      rngs=nnx.Rngs(dropout=dropout_key))
-      loss = classification_loss(logits, labels)
-      return loss.mean(), (logits, loss)
+      loss = classification_loss(logits, labels, smoothing)
+      if weights is None:
+        return loss.mean(), (logits, loss)
+      w = weights[labels]
+      return (w * loss).sum() / w.sum(), (logits, loss)
 
     # nnx.grad (not jax.grad) lets BatchNorm update its statistics in place.
     grads, (logits, losses) = nnx.grad(
@@ -158,16 +182,11 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         })
 
   def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    # Probabilities only: predictions depend on the decision threshold, which is chosen
+    # on validation data after the fact (metrics.predict on the host).
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
-    logits = model(model_input(batch['image']), train=False)
-    mask = batch['mask']
-    losses = classification_loss(logits, batch['label'])
-    return {
-        'confusion': metrics_lib.confusion_matrix(
-            batch['label'], predicted_class(logits), mask, num_classes),
-        'loss_sum': jnp.where(mask, losses, 0.0).sum(),
-        'probs': logits_to_probs(logits),
-    }
+    logits = model(model_input(batch['image']), train=False).astype(jnp.float32)
+    return {'probs': logits_to_probs(logits)}
 
   replicated = parallel.replicated(mesh)
   return Steps(
@@ -216,8 +235,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       pretrained_source=config.pretrained.source)
   tx = create_optimizer(config.optimizer, pipeline.steps_per_epoch, config.num_epochs)
   graphdef, state = _initial_state(config, pipeline.num_classes, tx, mesh)
-  steps = make_steps(graphdef, tx, config, pipeline.normalization, pipeline.num_classes,
-                     mesh)
+  train_labels = pipeline.metadata['label'][pipeline.split_indices['train']]
+  loss_weights = class_weights(train_labels, pipeline.num_classes, config.loss.class_weights)
+  steps = make_steps(graphdef, tx, config, pipeline.normalization, mesh, loss_weights)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=config.keep_checkpoints, save_every_steps=config.checkpoint_every_steps)
   return Experiment(config, mesh, pipeline, graphdef, state, steps, checkpointer,
@@ -235,34 +255,55 @@ class EvalResult:
   labels: np.ndarray         # [N]
   class_names: list[str]
   step: int | None = None
+  threshold: float | None = None  # binary: P(positive) >= threshold is positive
+  selection: dict | None = None   # the run's model selection (selection.json), if any
 
   def table(self) -> str:
-    return metrics_lib.format_table(self.metrics, self.confusion, self.class_names)
+    table = metrics_lib.format_table(self.metrics, self.confusion, self.class_names)
+    if self.threshold is not None:
+      table += f'\nDecision threshold: P({self.class_names[1]}) >= {self.threshold:.4f}'
+    return table
 
 
-def evaluate(exp: Experiment, state: TrainState, split: str) -> EvalResult:
-  """Metrics over a whole split; one host sync at the end."""
-  num_classes = exp.pipeline.num_classes
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-  loss_sum = jnp.zeros((), jnp.float32)
+def evaluate(exp: Experiment, state: TrainState, split: str,
+             threshold: float | None = None) -> EvalResult:
+  """Metrics over a whole split at `threshold` (binary; None = 0.5); one host sync."""
+  probs, labels = predict_probs(exp.steps, state, exp.mesh, exp.pipeline.eval_batches(split))
+  return metrics_from_probs(probs, labels, exp.pipeline.class_names, threshold)
+
+
+def predict_probs(steps: Steps, state: TrainState, mesh,
+                  batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """(probs [N, K], labels [N]) of the unmasked examples of `batches`, in order."""
   probs, labels, masks = [], [], []
-  for batch in exp.pipeline.eval_batches(split):
-    out = exp.steps.eval(state, parallel.global_batch(batch, exp.mesh))
-    confusion, loss_sum = confusion + out['confusion'], loss_sum + out['loss_sum']
+  for batch in batches:
+    out = steps.eval(state, parallel.global_batch(batch, mesh))
     probs.append(out['probs'])
     labels.append(batch['label'])
     masks.append(batch['mask'])
-  confusion, loss_sum, probs = jax.device_get((confusion, loss_sum, probs))
+  probs = jax.device_get(probs)
   # The replicated probs hold every process's examples, in global batch order.
   labels, masks = _gather_batches(np.stack(labels)), _gather_batches(np.stack(masks))
-  probs = np.concatenate(probs)[masks]
-  labels = labels[masks]
+  return np.concatenate(probs)[masks], labels[masks]
+
+
+def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names,
+                       threshold: float | None = None) -> EvalResult:
+  num_classes = len(class_names)
+  if num_classes != 2:
+    threshold = None
+  elif threshold is None:
+    threshold = 0.5
+  predictions = metrics_lib.predict(probs, threshold)
+  confusion = metrics_lib.confusion_from_predictions(labels, predictions, num_classes)
   scores = probs[:, 1] if num_classes == 2 else probs
   result = metrics_lib.compute_metrics(confusion, scores=scores, labels=labels,
-                                       class_names=exp.pipeline.class_names)
-  result['loss'] = float(loss_sum) / max(1, int(masks.sum()))
+                                       class_names=list(class_names))
+  # Cross-entropy of the true class (float32 probabilities: clipped at 1e-7).
+  picked = np.clip(probs[np.arange(len(labels)), labels].astype(np.float64), 1e-7, 1.0)
+  result['loss'] = float(-np.log(picked).mean()) if len(labels) else math.nan
   return EvalResult(metrics=result, confusion=confusion, probs=probs, labels=labels,
-                    class_names=list(exp.pipeline.class_names))
+                    class_names=list(class_names), threshold=threshold)
 
 
 def _gather_batches(local: np.ndarray) -> np.ndarray:
@@ -272,6 +313,111 @@ def _gather_batches(local: np.ndarray) -> np.ndarray:
     gathered = np.asarray(multihost_utils.process_allgather(local))  # [P, N, b]
     local = gathered.transpose(1, 0, 2)
   return local.reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# Model selection on the validation split.
+
+SELECTION_FILE = 'selection.json'
+BEST_CHECKPOINT = 'best_checkpoint'
+_LOWER_IS_BETTER = ('loss',)
+
+
+def load_selection(workdir: str) -> dict | None:
+  """WORKDIR/selection.json (the kept checkpoint and its threshold), or None."""
+  path = os.path.join(workdir, SELECTION_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _write_selection(workdir: str, selection: dict) -> None:
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, SELECTION_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(selection, f, indent=1, allow_nan=True)
+    os.replace(path + '.tmp', path)
+
+
+def _improves(value: float, best: dict | None, metric: str) -> bool:
+  if value is None or math.isnan(value):
+    return False
+  if best is None:
+    return True
+  return value < best['value'] if metric in _LOWER_IS_BETTER else value > best['value']
+
+
+def _weights(state: TrainState) -> dict:
+  """What an inference model needs of the state (no optimizer state: half the bytes)."""
+  return {'params': state.params, 'frozen': state.frozen, 'batch_stats': state.batch_stats}
+
+
+def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainState, int]:
+  """`state` with the weights of WORKDIR's kept (best-on-validation) checkpoint."""
+  best = checkpoint_lib.Checkpointer(workdir, keep=keep, name=BEST_CHECKPOINT)
+  step = best.latest_step()
+  if step is None:
+    best.close()
+    raise FileNotFoundError(f'No best checkpoint in {best.directory}.')
+  weights = best.restore(_weights(state), step=step)
+  best.close()
+  return state.replace(**weights), step
+
+
+class _Selector:
+  """Keeps the checkpoint with the best validation metric, and its decision threshold.
+
+  State lives in WORKDIR/selection.json (rewritten at each improvement, so a resumed run
+  continues with the same best) and WORKDIR/best_checkpoint/ (weights only).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, class_names):
+    self.sel = config.selection
+    self.workdir = workdir
+    self.class_names = list(class_names)
+    self.best = load_selection(workdir)
+    self.checkpointer = checkpoint_lib.Checkpointer(workdir, keep=1, name=BEST_CHECKPOINT)
+
+  def update(self, val: EvalResult, state: TrainState, step: int, epoch: int) -> bool:
+    """Records an epoch's validation result; True if it is the new best."""
+    metric = self.sel.metric
+    value = val.metrics.get(metric)
+    if not _improves(value, self.best, metric):
+      return False
+    threshold = None
+    if len(self.class_names) == 2:
+      threshold = metrics_lib.choose_threshold(
+          val.probs[:, 1], val.labels, self.sel.threshold,
+          fixed=float(self.sel.fixed_threshold),
+          target_sensitivity=float(self.sel.target_sensitivity))
+    at_threshold = metrics_from_probs(val.probs, val.labels, self.class_names, threshold)
+    self.checkpointer.save(step, _weights(state))
+    self.best = {
+        'metric': metric, 'value': float(value), 'epoch': epoch, 'step': step,
+        'threshold': threshold, 'threshold_rule': self.sel.threshold,
+        'target_sensitivity': float(self.sel.target_sensitivity),
+        # Fitted on these same images: optimistic at the threshold, for reference only.
+        'val_metrics': at_threshold.metrics, 'num_val': int(len(val.labels)),
+    }
+    self.checkpointer.wait()  # selection.json never points at a half-written checkpoint
+    _write_selection(self.workdir, self.best)
+    return True
+
+  def describe(self) -> str:
+    if self.best is None:
+      return 'none yet'
+    b = self.best
+    threshold = '' if b['threshold'] is None else f', threshold {b["threshold"]:.4f}'
+    return f'epoch {b["epoch"]}, {b["metric"]} {b["value"]:.4f}{threshold}'
+
+  def should_stop(self, epoch: int) -> bool:
+    patience = int(self.sel.early_stopping_patience)
+    return bool(patience and self.best and epoch - self.best['epoch'] >= patience)
+
+  def close(self):
+    self.checkpointer.wait()
+    self.checkpointer.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,23 +441,38 @@ def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
-  """Trains (resuming from `workdir` if it holds a checkpoint); returns final metrics."""
+  """Trains (resuming from `workdir` if it holds a checkpoint); returns test metrics.
+
+  With a validation split (`data.split.val_fraction` > 0) every evaluation epoch runs on
+  validation, the best checkpoint by `selection.metric` is kept with a decision threshold
+  fitted on validation (`selection.threshold`), training may stop early, and the test
+  split is evaluated once, at the end, with the kept checkpoint and its threshold.
+  Without one, the test split is evaluated every evaluation epoch (the paper's curves)
+  and the last checkpoint is the model, at threshold `selection.fixed_threshold`.
+  """
   exp = setup(config, workdir)  # validates the config first: a bad one writes nothing
   os.makedirs(workdir, exist_ok=True)
   _save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
+  has_val = 'val' in pipeline.split_indices
+  selector = _Selector(config, workdir, pipeline.class_names) if has_val else None
   writer = writers.MetricWriter(workdir, process_index=jax.process_index(),
                                 resume_step=start or None)
   progress = writers.ProgressLogger(exp.total_steps, steps_per_epoch, config.batch_size,
                                     start_step=start)
   last_checkpoint = exp.checkpointer.latest_step()
-  logging.info('Training %d steps (%d epochs of %d) on %d devices, global batch %d.',
+  logging.info('Training %d steps (%d epochs of %d) on %d devices, global batch %d%s.',
                exp.total_steps, config.num_epochs, steps_per_epoch, jax.device_count(),
-               config.batch_size)
+               config.batch_size,
+               f', selecting on {pipeline.num_eval["val"]} validation images by '
+               f'{config.selection.metric}' if has_val else '')
   final = None
-  for step in range(start + 1, exp.total_steps + 1):
+  stopped = selector is not None and selector.should_stop(start // steps_per_epoch)
+  step = start
+  while step < exp.total_steps and not stopped:
+    step += 1
     batch = parallel.global_batch(next(pipeline.train_iter), exp.mesh)
     state = exp.steps.train(state, batch)
     epoch, end_of_epoch = divmod(step, steps_per_epoch)
@@ -326,36 +487,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
       scalars = {'train/loss': sums['loss'] / sums['count'],
                  'train/accuracy': sums['correct'] / sums['count']}
       if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
-        final = evaluate(exp, state, 'test')
-        scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
-        logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
+        if has_val:
+          val = evaluate(exp, state, 'val')
+          scalars.update({f'val/{k}': v for k, v in val.metrics.items()})
+          selector.update(val, state, step, epoch)
+          stopped = selector.should_stop(epoch)
+          logging.info('Epoch %d/%d on validation (best so far: %s)\n%s', epoch,
+                       config.num_epochs, selector.describe(), val.table())
+        else:
+          final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
+          scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
+          logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
       writer.write(step, epoch, scalars)
       state = state.replace(train_sums=parallel.replicate(_zero_sums(), exp.mesh))
+      if stopped:
+        logging.info('Early stopping after epoch %d: validation %s has not improved for '
+                     '%d epochs.', epoch, config.selection.metric,
+                     config.selection.early_stopping_patience)
+        save = True
     if save:
       exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
   exp.checkpointer.wait()
   exp.checkpointer.close()
+  if has_val:
+    final = _test_selected(exp, selector, state, workdir)
+    if step > start:  # a run resumed after its end does not log the test row twice
+      writer.write(step, step // steps_per_epoch,
+                   {f'test/{k}': v for k, v in final.metrics.items()})
+  elif final is None:  # Nothing left to train (resumed from the final checkpoint).
+    final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
   writer.close()
   pipeline.close()
-  if final is None:  # Nothing left to train (resumed from the final checkpoint).
-    final = evaluate(exp, state, 'test')
+  return final
+
+
+def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,
+                   workdir: str) -> EvalResult:
+  """The test split, once: the kept checkpoint at its validation-fitted threshold."""
+  selector.close()
+  sel = exp.config.selection
+  if selector.best is None:
+    logging.warning('Validation %s was never finite: testing the last checkpoint at the '
+                    'fixed threshold.', sel.metric)
+    return evaluate(exp, state, 'test', sel.fixed_threshold)
+  state, _ = restore_best(workdir, state)
+  final = evaluate(exp, state, 'test', selector.best['threshold'])
+  final.step, final.selection = selector.best['step'], selector.best
+  logging.info('Test (evaluated once) with the checkpoint kept on validation, %s\n%s',
+               selector.describe(), final.table())
   return final
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: str = 'test') -> EvalResult:
-  """Restores the latest checkpoint of `workdir` and evaluates it on `split`."""
+  """Evaluates `workdir`'s model on `split`: the kept best-on-validation checkpoint at its
+  saved threshold when the run has one, else the latest checkpoint."""
   exp = setup(config, workdir)
-  step = exp.checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(
-        f'No checkpoint in {exp.checkpointer.directory}: train first with --mode=train.')
-  state = exp.checkpointer.restore(exp.state, step=step)
-  exp.checkpointer.close()
-  result = evaluate(exp, state, split)
+  selection = load_selection(workdir)
+  if selection is not None:
+    exp.checkpointer.close()
+    state, step = restore_best(workdir, exp.state)
+    threshold = selection['threshold']
+  else:
+    step = exp.checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f'No checkpoint in {exp.checkpointer.directory}: train first with --mode=train.')
+    state = exp.checkpointer.restore(exp.state, step=step)
+    exp.checkpointer.close()
+    threshold = config.selection.fixed_threshold
+  result = evaluate(exp, state, split, threshold)
   exp.pipeline.close()
-  result.step = step
+  result.step, result.selection = step, selection
   return result
 
 
