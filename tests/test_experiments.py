@@ -19,6 +19,7 @@ import pytest
 from spp_resnet.data import splits as splits_lib
 from spp_resnet.experiments import ablation
 from spp_resnet.experiments import evaluate_external as ext
+from spp_resnet.experiments import runs as runs_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM = 'phantom/easy=1,size=48,train=100,test=40'
@@ -72,7 +73,7 @@ def test_plan_variants_differ_only_in_pooling_and_init():
       ('seed4_fold0', 4, 4), ('seed4_fold1', 4, 4)]
   assert by_key[('grouped', 'basic', 'fold1')].data.split.num_folds == 3
   assert by_key[('grouped', 'basic', 'fold1')].data.split.fold == 1
-  flat = {k: ablation.flatten(c.to_dict()) for k, c in by_key.items()}
+  flat = {k: runs_lib.flatten(c.to_dict()) for k, c in by_key.items()}
   basic, spp_tl = flat[('grouped', 'basic', 'fold1')], flat[('grouped', 'spp_tl', 'fold1')]
   diff = {k for k in basic if basic[k] != spp_tl[k]}
   assert diff == {'model.pooling', 'pretrained.source'}, diff
@@ -86,7 +87,7 @@ def test_plan_variants_differ_only_in_pooling_and_init():
 
 def test_reductions_list_what_differs_from_the_paper():
   config = _base_config()
-  text = ' '.join(ablation.reductions(config))
+  text = ' '.join(runs_lib.reductions(config, exclude=ablation.VARIANT_FIELDS))
   assert '`data.image_size`: 224 → 64' in text
   assert '`model.backbone`: resnet50 → resnet18' in text
   assert 'model.pooling' not in text  # set per variant, not a reduction
@@ -150,7 +151,7 @@ def ablation_run(tmp_path_factory):
   workdir = tmp / 'work'
   args = ['spp_resnet.experiments.ablation', '--config=configs/phantom.py',
           f'--workdir={workdir}', '--protocols=paper,grouped', '--folds=2',
-          '--variants=basic,spp_tl', f'--compilation_cache_dir={tmp / "jax_cache"}',
+          '--variants=basic,spp_tl',
           f'--config.pretrained.cache_dir={tmp / "weights"}', *TINY]
   proc = _run(args, tmp)
   return tmp, workdir, proc
@@ -200,7 +201,7 @@ def test_ablation_resumes_without_training_and_refuses_another_config(ablation_r
   mtimes = [p.stat().st_mtime_ns for p in results]
   args = ['spp_resnet.experiments.ablation', '--config=configs/phantom.py',
           f'--workdir={workdir}', '--protocols=paper,grouped', '--folds=2',
-          '--variants=basic,spp_tl', f'--compilation_cache_dir={tmp / "jax_cache"}',
+          '--variants=basic,spp_tl',
           f'--config.pretrained.cache_dir={tmp / "weights"}', *TINY]
   proc = _run(args, tmp)  # the same command again: every run is finished
   assert [p.stat().st_mtime_ns for p in results] == mtimes

@@ -98,3 +98,61 @@ def plot_training_curves(history: Sequence[Mapping[str, float]],
     ax.legend(fontsize='small')
   fig.tight_layout()
   _save(fig, path)
+
+
+def plot_sweep(panels: Mapping[str, Mapping[str, Sequence[tuple]]],
+               path: str | os.PathLike,
+               xlabel: str,
+               ylabel: str,
+               title: str = '',
+               log_x: bool = False,
+               highlight: object = None) -> None:
+  """A metric against a swept value: one panel per split ('validation', 'test'), one
+  line per name -> [(x, mean, low, high)], error bars from low to high (none where nan).
+
+  Numeric x values are placed on a (log, with `log_x`) axis; other values (strings,
+  tuples) at evenly spaced positions in order of appearance. `highlight` = (line name,
+  x) circles that point in every panel (e.g. the one selected on validation).
+  """
+  xs = [x for lines in panels.values() for points in lines.values() for x, *_ in points]
+  numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+  positions, tick_labels = {}, []  # categorical values: repr -> position
+  if not numeric:
+    for x in xs:
+      if repr(x) not in positions:
+        positions[repr(x)] = len(positions)
+        tick_labels.append(str(x))
+
+  def pos(x):
+    return x if numeric else positions[repr(x)]
+
+  fig = Figure(figsize=(4.5 * len(panels), 3.6))
+  axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+  for ax, (panel, lines) in zip(axes, panels.items()):
+    for name, points in lines.items():
+      points = sorted(points, key=lambda p: pos(p[0]))
+      x = np.array([pos(p[0]) for p in points], np.float64)
+      mean = np.array([p[1] for p in points], np.float64)
+      low = np.array([p[2] for p in points], np.float64)
+      high = np.array([p[3] for p in points], np.float64)
+      yerr = np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0)
+      ax.errorbar(x, mean, yerr=np.maximum(yerr, 0.0), marker='o', ms=4, capsize=3,
+                  label=name or None)
+      if highlight is not None and highlight[0] == name:
+        for p, m in zip(points, mean):
+          if p[0] == highlight[1]:
+            ax.plot([pos(p[0])], [m], marker='o', ms=12, mfc='none', mec='red', mew=1.5,
+                    ls='none', label='selected on validation')
+    if log_x:
+      ax.set_xscale('log')
+    if not numeric:
+      ax.set_xticks(list(positions.values()), tick_labels, rotation=30, ha='right')
+    ax.set(xlabel=xlabel, title=panel)
+    ax.grid(alpha=0.3)
+    if any(name for name in lines) or highlight is not None:
+      ax.legend(fontsize='small')
+  axes[0].set_ylabel(ylabel)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path)
