@@ -1,0 +1,395 @@
+r"""Cross-dataset matrix: every trained run evaluated on every other dataset.
+
+  python -m spp_resnet.experiments.cross_dataset \
+      --runs=bohaju=runs/bohaju,sartaj=runs/sartaj,mix=runs/mix \
+      --datasets=bohaju=brain_tumor:/data/bohaju,sartaj=brain_tumor_mri/binary:/data/sartaj,\
+figshare=figshare_brain_tumor:/data/figshare \
+      --out=results/cross_dataset
+
+--runs: NAME=WORKDIR,... (`main.py` or ablation run directories). --datasets:
+NAME=REGISTRY_NAME[:MANUAL_DIR],... (`evaluate_external`'s --dataset and --manual_dir;
+`image_folder:/path` for a class-per-folder set). Names become folder names: letters,
+digits, '_', '-', '.'.
+
+For each run and dataset, `evaluate_external.evaluate_external` evaluates the run's model
+(its saved config, checkpoint and decision threshold) on ALL images of the dataset,
+writing its full report to OUT/<run>/<dataset>/. Not on a dataset the run was trained on
+(its config.json: `data.dataset` and `data.manual_dir`, or every part of `data.mix`): a
+test set counts as a training set when it is the same folder (resolved manual_dir) or the
+same registry dataset (brain_tumor_mri/binary and /four_class hold the same images;
+image_folder is identified by its folder only, a phantom by its options). Such cells
+read 'trained on'; the run's own test split is in its workdir.
+
+Writes OUT/cross_dataset.md and OUT/cross_dataset.json: one train-set x test-set matrix
+per metric (ROC AUC, accuracy, sensitivity, specificity, number of images) at each run's
+saved decision threshold, each run's threshold, the per-cell run time, the command, date
+and device. A test set with a single class (figshare: all tumor) has no ROC AUC, and no
+specificity (no negatives) or sensitivity (no positives): 'n/a'. A cell that fails (e.g.
+classes that cannot be mapped) reads 'error', its message is listed, and the command
+exits with status 1 after writing the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import time
+
+from absl import app, flags, logging
+
+from spp_resnet import cli
+
+FLAGS = flags.FLAGS
+
+TRAINED_ON = 'trained on'
+NA = 'n/a'
+ERROR = 'error'
+# (key in the cells' metrics, table title); 'num_images' last.
+METRICS = (('roc_auc', 'ROC AUC'), ('accuracy', 'Accuracy'), ('sensitivity', 'Sensitivity'),
+           ('specificity', 'Specificity'), ('num_images', 'Images'))
+_NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  dataset: str          # registry name
+  manual_dir: str = ''  # its files ('' = none / TFDS default)
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing.
+
+def _check_name(name: str, what: str) -> str:
+  if not _NAME.match(name or ''):
+    raise ValueError(f'{what}: name {name!r} must be letters, digits, "_", "-", "." (it '
+                     'names a folder).')
+  return name
+
+
+def parse_runs(items: list[str]) -> dict[str, str]:
+  """['NAME=WORKDIR', ...] -> {name: workdir}."""
+  runs = {}
+  for item in items:
+    name, sep, workdir = item.partition('=')
+    if not sep or not workdir:
+      raise ValueError(f'--runs: {item!r} is not NAME=WORKDIR.')
+    if _check_name(name, '--runs') in runs:
+      raise ValueError(f'--runs: {name!r} given twice.')
+    runs[name] = workdir
+  if not runs:
+    raise ValueError('--runs: no runs given.')
+  return runs
+
+
+def parse_datasets(items: list[str]) -> dict[str, DatasetSpec]:
+  """['NAME=REGISTRY_NAME[:MANUAL_DIR]', ...] -> {name: DatasetSpec}."""
+  datasets = {}
+  for item in items:
+    name, sep, rest = item.partition('=')
+    dataset, _, manual_dir = rest.partition(':')
+    if not sep or not dataset:
+      raise ValueError(f'--datasets: {item!r} is not NAME=REGISTRY_NAME[:MANUAL_DIR].')
+    if dataset == 'mix':
+      raise ValueError(f'--datasets: {item!r}: give the parts of a mix as datasets of '
+                       'their own.')
+    if _check_name(name, '--datasets') in datasets:
+      raise ValueError(f'--datasets: {name!r} given twice.')
+    datasets[name] = DatasetSpec(dataset, manual_dir)
+  if not datasets:
+    raise ValueError('--datasets: no datasets given.')
+  return datasets
+
+
+# ---------------------------------------------------------------------------------------
+# Which datasets a run was trained on.
+
+def training_datasets(config) -> list[DatasetSpec]:
+  """The datasets of a run's config: data.dataset, or every part of a mix."""
+  data = config['data']
+  if data['dataset'] == 'mix':
+    from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
+    return [DatasetSpec(p.dataset, p.manual_dir) for p in mix.parse_mix(data.get('mix', ''))]
+  return [DatasetSpec(data['dataset'], data.get('manual_dir', '') or '')]
+
+
+def _resolved(path: str) -> str:
+  return os.path.realpath(os.path.abspath(os.path.expanduser(path))) if path else ''
+
+
+def _phantom_options(name: str):
+  from spp_resnet.data import phantom  # pylint: disable=g-import-not-at-top
+  try:
+    return phantom.parse_name(name)
+  except Exception:  # pylint: disable=broad-except  # then compare the names
+    return name
+
+
+def same_data(a: DatasetSpec, b: DatasetSpec) -> bool:
+  """Whether two dataset specs hold the same images (see the module docstring)."""
+  dir_a, dir_b = _resolved(a.manual_dir), _resolved(b.manual_dir)
+  if dir_a and dir_a == dir_b:
+    return True
+  base_a, base_b = a.dataset.partition('/')[0], b.dataset.partition('/')[0]
+  if base_a != base_b or base_a == 'image_folder':
+    return False
+  if base_a == 'phantom':
+    return _phantom_options(a.dataset) == _phantom_options(b.dataset)
+  return True  # one registry dataset, maybe another copy or config of it
+
+
+def trained_on(config, spec: DatasetSpec) -> bool:
+  return any(same_data(t, spec) for t in training_datasets(config))
+
+
+# ---------------------------------------------------------------------------------------
+# Cells.
+
+def cell_metrics(summary: dict) -> tuple[dict[str, float | None], dict[str, str]]:
+  """evaluate_external's summary -> ({metric: value, None = n/a}, {metric: why n/a})."""
+  metrics = summary.get('metrics', {})
+  confusion = summary.get('confusion') or []
+  present = [sum(row) > 0 for row in confusion]  # rows: true classes of the model
+  values = {'roc_auc': metrics.get('roc_auc'), 'accuracy': metrics.get('accuracy'),
+            'sensitivity': metrics.get('sensitivity', metrics.get('recall')),
+            'specificity': metrics.get('specificity'),
+            'num_images': summary.get('num_images')}
+  why = {}
+  if len(present) == 2:
+    if not all(present):
+      why['roc_auc'] = 'one class only'
+    if not present[0]:
+      why['specificity'] = 'no negative images'
+    if not present[1]:
+      why['sensitivity'] = 'no positive images'
+  elif present and not all(present):  # macro averages over absent classes mean nothing
+    for key in ('roc_auc', 'sensitivity', 'specificity'):
+      why[key] = 'some classes absent'
+  for key, value in values.items():
+    if key not in why and (value is None or (isinstance(value, float) and math.isnan(value))):
+      why[key] = 'undefined'
+  return {k: (None if k in why else v) for k, v in values.items()}, why
+
+
+def _threshold(summary: dict):
+  """The decision threshold a cell was evaluated at: float, None (argmax) or 0.5."""
+  if 'threshold' in summary:
+    return summary['threshold']
+  return 0.5  # evaluate_external before it applied saved thresholds: argmax = 0.5
+
+
+def _threshold_text(run: dict) -> str:
+  if not run.get('threshold_known'):
+    return '0.5 (default)' if run.get('threshold') == 0.5 else NA
+  t = run.get('threshold')
+  return 'argmax' if t is None else f'{t:.4f}'
+
+
+# ---------------------------------------------------------------------------------------
+# The matrix.
+
+def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: str, *,
+                 data_dir: str = '', batch_size: int = 0,
+                 argv: list[str] | None = None) -> dict:
+  """Evaluates every run on every dataset it was not trained on; writes the report.
+
+  Args:
+    runs: name -> run workdir.
+    datasets: name -> DatasetSpec (registry name, manual dir).
+    out: output folder; cells go to OUT/<run>/<dataset>/.
+    data_dir: TFDS data_dir for the datasets' prepared copies ('' = each run's).
+    batch_size: evaluation batch size (0 = each run's).
+    argv: the command line, for the report (default sys.argv).
+
+  Returns:
+    The JSON summary written to OUT/cross_dataset.json.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import class_mapping  # pylint: disable=g-import-not-at-top
+  from spp_resnet.experiments import evaluate_external as ext  # pylint: disable=g-import-not-at-top
+
+  for name in list(runs) + list(datasets):
+    _check_name(name, 'name')
+  start = time.perf_counter()
+  os.makedirs(out, exist_ok=True)
+  configs = {name: ext.load_run_config(workdir) for name, workdir in runs.items()}
+  run_info, cells = {}, {}
+  for run, workdir in runs.items():
+    config = configs[run]
+    run_info[run] = {
+        'workdir': os.path.abspath(workdir),
+        'dataset': config.data.dataset,
+        'manual_dir': config.data.get('manual_dir', ''),
+        'mix': config.data.get('mix', ''),
+        'trained_on': [dataclasses.asdict(t) for t in training_datasets(config)],
+        'split': config.data.split.protocol,
+        'threshold': None, 'threshold_known': False, 'step': None}
+    cells[run] = {}
+    for name, spec in datasets.items():
+      if trained_on(config, spec):
+        cells[run][name] = {'status': TRAINED_ON}
+        logging.info('%s on %s: trained on it, skipped.', run, name)
+        continue
+      cell_out = os.path.join(out, run, name)
+      cell_argv = ['evaluate_external', f'--workdir={workdir}', f'--dataset={spec.dataset}']
+      cell_argv += [f'--manual_dir={spec.manual_dir}'] if spec.manual_dir else []
+      cell_argv += [f'--data_dir={data_dir}'] if data_dir else []
+      cell_argv += [f'--batch_size={batch_size}'] if batch_size else []
+      cell_argv += [f'--out={cell_out}']
+      t0 = time.perf_counter()
+      try:
+        summary = ext.evaluate_external(
+            workdir, spec.dataset, manual_dir=spec.manual_dir, data_dir=data_dir,
+            out=cell_out, batch_size=batch_size,
+            argv=[cell_argv[0]] + [shlex.quote(a) for a in cell_argv[1:]])
+      except (class_mapping.MappingError, FileNotFoundError, ValueError, RuntimeError) as e:
+        logging.exception('%s on %s failed.', run, name)
+        cells[run][name] = {'status': ERROR, 'error': f'{type(e).__name__}: {e}',
+                            'wall_s': time.perf_counter() - t0}
+        continue
+      values, why = cell_metrics(summary)
+      threshold = _threshold(summary)
+      cells[run][name] = {
+          'status': 'ok', 'metrics': values, 'na': why, 'threshold': threshold,
+          'intervals': summary.get('intervals', {}),
+          'class_counts': summary.get('class_counts'),
+          'class_mapping': summary.get('class_mapping'), 'step': summary.get('step'),
+          'out': os.path.abspath(cell_out), 'wall_s': time.perf_counter() - t0}
+      run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
+                           step=summary.get('step'))
+
+  device = jax.devices()[0]
+  argv = list(sys.argv if argv is None else argv)
+  result = {
+      'command': ('python -m spp_resnet.experiments.cross_dataset '
+                  + ' '.join(shlex.quote(a) for a in argv[1:])),
+      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      'device': f'{jax.device_count()} x {device.device_kind} ({device.platform}); '
+                f'jax.devices()[0] = {device}',
+      'out': os.path.abspath(out),
+      'metrics': [key for key, _ in METRICS],
+      'runs': run_info,
+      'datasets': {name: dataclasses.asdict(spec) for name, spec in datasets.items()},
+      'cells': cells,
+      'wall_s': time.perf_counter() - start,
+  }
+  with open(os.path.join(out, 'cross_dataset.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=1, allow_nan=False)
+  with open(os.path.join(out, 'cross_dataset.md'), 'w', encoding='utf-8') as f:
+    f.write(format_report(result))
+  return result
+
+
+def _cell_text(cell: dict, key: str) -> str:
+  if cell['status'] != 'ok':
+    return cell['status']
+  value = cell['metrics'].get(key)
+  if value is None:
+    return NA
+  if key == 'num_images':
+    return str(int(value))
+  interval = cell.get('intervals', {}).get(key)
+  if interval:
+    return f'{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]'
+  return f'{value:.4f}'
+
+
+def format_report(result: dict) -> str:
+  """cross_dataset.md from the JSON summary."""
+  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  runs, datasets, cells = result['runs'], result['datasets'], result['cells']
+  lines = ['# Cross-dataset evaluation', '',
+           f'- Command: `{result["command"]}`',
+           f'- Date: {result["date"]}; device: {result["device"]}; total run time '
+           f'{result["wall_s"]:.0f} s',
+           f'- Cells: OUT/<run>/<dataset>/ (metrics.md, predictions.csv, plots) under '
+           f'`{result["out"]}`', '',
+           'Rows: the training run (train set); columns: the test set, ALL its images. '
+           f'"{TRAINED_ON}": the run was trained on that dataset (same folder or same '
+           'registry dataset), not evaluated. Every cell is at the run\'s saved decision '
+           'threshold (column "threshold"; "0.5 (default)" for runs without one, '
+           '"argmax" for multi-class models). Sensitivity and specificity: the recall of '
+           'tumor and of no_tumor for a tumor / no-tumor model, macro averages one vs rest '
+           'for more classes. '
+           f'"{NA}": undefined on that test set: with a single class (figshare: all tumor) '
+           'there is no ROC AUC and no specificity, only sensitivity is meaningful. '
+           'Brackets: 95% interval over the test images (Wilson for accuracy, sensitivity '
+           'and specificity; stratified bootstrap for ROC AUC).', '']
+  lines += ['## Runs', '']
+  rows = []
+  for name, r in runs.items():
+    trained = ' + '.join(t['dataset'] + (f' ({t["manual_dir"]})' if t['manual_dir'] else '')
+                         for t in r['trained_on'])
+    step = '' if r['step'] is None else str(r['step'])
+    rows.append([name, f'`{r["workdir"]}`', trained, r['split'], step, _threshold_text(r)])
+  lines += [metrics_lib.markdown_table(
+      ['run', 'workdir', 'trained on', 'split', 'step', 'threshold'], rows), '']
+  lines += ['## Test sets', '']
+  rows = []
+  for name, d in datasets.items():
+    counts = next((c['class_counts'] for r in cells.values() for n, c in r.items()
+                   if n == name and c['status'] == 'ok'), None)
+    rows.append([name, d['dataset'], f'`{d["manual_dir"]}`' if d['manual_dir'] else '',
+                 '' if counts is None else ', '.join(f'{k}: {v}' for k, v in counts.items())])
+  lines += [metrics_lib.markdown_table(['test set', 'registry name', 'manual dir',
+                                        'images per class'], rows), '']
+  names = list(datasets)
+  for key, title in METRICS:
+    lines += [f'## {title}', '']
+    rows = [[run, _threshold_text(runs[run])] + [_cell_text(cells[run][n], key)
+                                                   for n in names] for run in runs]
+    lines += [metrics_lib.markdown_table(['train \\ test', 'threshold'] + names, rows), '']
+  lines += ['## Run time per cell (s)', '',
+            'Restoring the checkpoint, preprocessing the test set and evaluating.', '']
+  rows = [[run] + [f'{cells[run][n]["wall_s"]:.1f}' if 'wall_s' in cells[run][n]
+                   else cells[run][n]['status'] for n in names] for run in runs]
+  lines += [metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
+  errors = [(run, n, c['error']) for run in runs for n, c in cells[run].items()
+            if c['status'] == ERROR]
+  if errors:
+    lines += ['## Errors', '']
+    lines += [f'- {run} on {n}: {message}' for run, n, message in errors]
+    lines += ['']
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line.
+
+def _define_flags():
+  flags.DEFINE_list('runs', [], 'NAME=WORKDIR,...: trained runs (main.py workdirs).')
+  flags.DEFINE_list('datasets', [], 'NAME=REGISTRY_NAME[:MANUAL_DIR],...: test sets, e.g. '
+                    'figshare=figshare_brain_tumor:/data/figshare.')
+  flags.DEFINE_string('out', None, 'Output folder.')
+  flags.DEFINE_string('data_dir', '', "TFDS data_dir for the test sets (default: each run's "
+                      'data.data_dir).')
+  flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: each run's).")
+  flags.mark_flags_as_required(['out'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    runs, datasets = parse_runs(FLAGS.runs), parse_datasets(FLAGS.datasets)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  with cli.exit_on_user_error():
+    result = build_matrix(runs, datasets, FLAGS.out, data_dir=FLAGS.data_dir,
+                          batch_size=FLAGS.batch_size, argv=sys.argv)
+  print(format_report(result))
+  print(f'Written to {os.path.join(FLAGS.out, "cross_dataset.md")} and .json')
+  failed = sum(c['status'] == ERROR for r in result['cells'].values() for c in r.values())
+  if failed:
+    print(f'error: {failed} cell(s) failed, see the report', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli.run(main)

@@ -1,0 +1,178 @@
+"""The cross-dataset matrix: a tiny phantom run against small real-MRI image folders."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spp_resnet.experiments import cross_dataset as xd
+from spp_resnet.experiments.cross_dataset import DatasetSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+BOHAJU = ROOT.parent / 'shared' / 'data' / 'bohaju_brain_tumor_sample'
+PHANTOM = 'phantom/easy=1,size=48,train=64,test=32'
+
+
+def _train_tiny(workdir: Path):
+  """A ResNet-18 on 32 px, one epoch: seconds on 2 CPU cores. In this process: the
+  evaluations after it reuse its imports and compiled eval step."""
+  from configs import phantom
+  from spp_resnet.training import train
+  config = phantom.get_config()
+  config.data.dataset = PHANTOM
+  config.data.image_size = 32
+  config.model.head_hidden = (32,)
+  config.num_epochs = 1
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  train.train_and_evaluate(config, str(workdir))
+
+
+# ---- Units -----------------------------------------------------------------------------
+
+def test_parse_flags():
+  assert xd.parse_runs(['a=/w/a', 'b.2=w/b']) == {'a': '/w/a', 'b.2': 'w/b'}
+  assert xd.parse_datasets(['f=figshare_brain_tumor:/d/f', 'm=brain_tumor_mri/binary']) == {
+      'f': DatasetSpec('figshare_brain_tumor', '/d/f'),
+      'm': DatasetSpec('brain_tumor_mri/binary', '')}
+  for parse, items, message in (
+      (xd.parse_runs, ['a'], 'NAME=WORKDIR'), (xd.parse_runs, ['a=x', 'a=y'], 'twice'),
+      (xd.parse_runs, ['a/b=x'], 'names a folder'), (xd.parse_runs, [], 'no runs'),
+      (xd.parse_datasets, ['x=:/d'], 'REGISTRY_NAME'), (xd.parse_datasets, ['x=mix'], 'parts')):
+    with pytest.raises(ValueError, match=message):
+      parse(items)
+
+
+def test_trained_on(tmp_path):
+  (tmp_path / 'real').mkdir()
+  os.symlink(tmp_path / 'real', tmp_path / 'link')
+  real, link = str(tmp_path / 'real'), str(tmp_path / 'link')
+
+  def config(dataset, manual_dir='', mix=''):
+    return {'data': {'dataset': dataset, 'manual_dir': manual_dir, 'mix': mix}}
+
+  # Same folder (symlinks resolved), whatever the names.
+  assert xd.trained_on(config('image_folder', real), DatasetSpec('image_folder', link))
+  assert not xd.trained_on(config('image_folder', real),
+                           DatasetSpec('image_folder', str(tmp_path)))
+  # Same registry dataset: another copy or config of it holds the same images.
+  assert xd.trained_on(config('brain_tumor_mri/four_class', '/a'),
+                       DatasetSpec('brain_tumor_mri/binary', '/b'))
+  assert not xd.trained_on(config('brain_tumor', '/a'), DatasetSpec('figshare_brain_tumor'))
+  assert xd.trained_on(config('phantom/easy=1,train=8'),
+                       DatasetSpec('phantom/train=8,easy=1'))
+  assert not xd.trained_on(config('phantom/easy=1'), DatasetSpec('phantom/easy=0'))
+  # A mix: every part.
+  mixed = config('mix', mix=f'brain_tumor=/a;image_folder={link}')
+  assert xd.trained_on(mixed, DatasetSpec('image_folder', real))
+  assert xd.trained_on(mixed, DatasetSpec('brain_tumor', '/elsewhere'))
+  assert not xd.trained_on(mixed, DatasetSpec('figshare_brain_tumor', '/f'))
+
+
+def test_cell_metrics_single_class():
+  metrics = {'roc_auc': float('nan'), 'accuracy': 0.5, 'sensitivity': 0.5,
+             'specificity': 0.0}
+  values, why = xd.cell_metrics({'metrics': metrics, 'confusion': [[0, 0], [3, 3]],
+                                 'num_images': 6})
+  assert values == {'roc_auc': None, 'accuracy': 0.5, 'sensitivity': 0.5,
+                    'specificity': None, 'num_images': 6}
+  assert set(why) == {'roc_auc', 'specificity'}
+  values, why = xd.cell_metrics({'metrics': metrics, 'confusion': [[4, 2], [0, 0]],
+                                 'num_images': 6})
+  assert values['sensitivity'] is None and values['specificity'] == 0.0
+
+
+def test_cli_usage_error_is_fast_and_clear(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'spp_resnet.experiments.cross_dataset',
+                         '--runs=bad', '--datasets=x=brain_tumor', f'--out={tmp_path}'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert proc.returncode != 0 and 'NAME=WORKDIR' in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+# ---- End to end --------------------------------------------------------------------------
+
+def _bohaju_images(per_class: int):
+  """{class (0/1): [paths]} of the first images of each class present here."""
+  out = {0: [], 1: []}
+  with open(BOHAJU / 'Brain Tumor.csv', newline='') as f:
+    for row in csv.DictReader(f):
+      path = BOHAJU / 'Brain Tumor' / 'Brain Tumor' / f'{row["Image"]}.jpg'
+      label = int(row['Class'])
+      if path.exists() and len(out[label]) < per_class:
+        out[label].append(path)
+  return out
+
+
+@pytest.mark.skipif(not BOHAJU.is_dir(), reason='../shared/data not available')
+def test_matrix(tmp_path):
+  # A tiny phantom run, and a copy of it that claims to be trained on a mix holding the
+  # `both` folder (through a symlink): the 'trained on' cells of both rows.
+  run = tmp_path / 'run'
+  _train_tiny(run)
+  images = _bohaju_images(6)
+  both, tumor_only = tmp_path / 'both', tmp_path / 'tumor_only'
+  for label, cls in ((0, 'no'), (1, 'yes')):
+    (both / cls).mkdir(parents=True)
+    for path in images[label]:
+      shutil.copy(path, both / cls / path.name)
+  for k, path in enumerate(images[1]):  # all tumor, two tumor types
+    cls = tumor_only / ('glioma' if k % 2 else 'pituitary')
+    cls.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, cls / path.name)
+  mix_run = tmp_path / 'mix_run'
+  shutil.copytree(run, mix_run)
+  os.symlink(both, tmp_path / 'both_link')
+  config = json.loads((mix_run / 'config.json').read_text())
+  config['data'].update(dataset='mix', mix=f'image_folder={tmp_path / "both_link"}')
+  (mix_run / 'config.json').write_text(json.dumps(config))
+
+  out = tmp_path / 'out'
+  datasets = {'phantom': DatasetSpec(PHANTOM), 'both': DatasetSpec('image_folder', str(both)),
+              'tumor_only': DatasetSpec('image_folder', str(tumor_only))}
+  result = xd.build_matrix({'phantom': str(run), 'mix': str(mix_run)}, datasets, str(out),
+                           data_dir=str(tmp_path / 'tfds'), argv=['cross_dataset', '--x=1'])
+  cells = result['cells']
+  assert cells['phantom']['phantom'] == {'status': 'trained on'}
+  assert cells['mix']['both'] == {'status': 'trained on'}
+  for run_name, name in (('phantom', 'both'), ('phantom', 'tumor_only'),
+                         ('mix', 'phantom'), ('mix', 'tumor_only')):
+    cell = cells[run_name][name]
+    assert cell['status'] == 'ok', cell
+    # The cell is evaluate_external's own report.
+    own = json.loads((out / run_name / name / 'metrics.json').read_text())
+    assert cell['metrics']['accuracy'] == own['metrics']['accuracy']
+    assert cell['metrics']['num_images'] == own['num_images']
+    assert cell['wall_s'] > 0
+  both_cell = cells['phantom']['both']
+  assert both_cell['metrics']['num_images'] == 12
+  assert all(isinstance(both_cell['metrics'][k], float)
+             for k in ('roc_auc', 'accuracy', 'sensitivity', 'specificity'))
+  assert cells['mix']['phantom']['metrics']['num_images'] == 96
+  for run_name in ('phantom', 'mix'):  # one class: no AUC, no specificity
+    cell = cells[run_name]['tumor_only']
+    assert cell['metrics']['num_images'] == 6
+    assert cell['metrics']['roc_auc'] is None and cell['metrics']['specificity'] is None
+    assert isinstance(cell['metrics']['sensitivity'], float)
+    assert cell['class_counts'] == {'glioma': 3, 'pituitary': 3}
+    assert cell['class_mapping'] == {'glioma': 'tumor', 'pituitary': 'tumor'}
+
+  assert json.loads((out / 'cross_dataset.json').read_text()) == result
+  md = (out / 'cross_dataset.md').read_text()
+  assert '`python -m spp_resnet.experiments.cross_dataset --x=1`' in md
+  assert 'jax.devices()[0] = ' in md and 'UTC' in md
+  for title in ('## ROC AUC', '## Accuracy', '## Sensitivity', '## Specificity', '## Images',
+                '## Run time per cell'):
+    assert title in md
+  auc = md.split('## ROC AUC')[1].split('##')[0]
+  phantom_row = next(l for l in auc.splitlines() if l.startswith('| phantom'))
+  cols = [c.strip() for c in phantom_row.strip('|').split('|')]
+  threshold = result['runs']['phantom']['threshold']
+  assert cols[1] == (f'{threshold:.4f}' if result['runs']['phantom']['threshold_known']
+                     else '0.5 (default)')
+  assert cols[2:] == ['trained on', f'{both_cell["metrics"]["roc_auc"]:.4f}', 'n/a']
