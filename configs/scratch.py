@@ -18,8 +18,10 @@ Levers off, one at a time (the recipe ablation): --config=configs/scratch.py:LEV
 LEVER one of `paper_augment`, `no_label_smoothing`, `no_class_weights`, `sgd`, `gap`,
 `size224`, `resnet50`; several joined by commas.
 
-Measured results (validation, test and other datasets, device, date, run time):
-docs/results.md, section "A from-scratch recipe".
+Measured (one H200, bf16, 2026-11-30, 45 s a run; docs/results.md, "A from-scratch
+recipe"): validation ROC AUC 0.978; held-out Bhuvaji test ROC AUC 0.982, sensitivity 0.96,
+specificity 0.88 at the fitted threshold; on the Bohaju BraTS slices ROC AUC 0.58 (it does
+not transfer there); all 222 figshare tumors found.
 """
 
 from configs import default

@@ -61,6 +61,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   val_fraction = split.get('val_fraction', 0.0)
   _require(0.0 <= val_fraction < 1.0, 'data.split.val_fraction', 'must be in [0, 1)',
            val_fraction)
+  val_dataset = split.get('val_dataset', '')
+  _require(not val_dataset or data.dataset == 'mix', 'data.split.val_dataset',
+           "names a part of data.mix: needs data.dataset='mix'", val_dataset)
+  _require(not (val_dataset and val_fraction), 'data.split.val_dataset',
+           'and data.split.val_fraction > 0 both define the validation split: set one',
+           val_dataset)
+  has_val = bool(val_fraction > 0 or val_dataset)
   _require(data.num_workers >= 0, 'data.num_workers', 'must be >= 0', data.num_workers)
   if data.dataset == 'mix':  # the parts must parse before any dataset is built
     from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
@@ -103,7 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from spp_resnet.evaluation import metrics  # Deferred, like the models.
   sel = config.selection
   _choice(config, 'selection.threshold', metrics.THRESHOLD_RULES)
-  _require(sel.threshold == 'fixed' or val_fraction > 0, 'selection.threshold',
+  _require(sel.threshold == 'fixed' or has_val, 'selection.threshold',
            'needs a validation split to fit it on (set data.split.val_fraction > 0)',
            sel.threshold)
   _require(0.0 < sel.fixed_threshold < 1.0, 'selection.fixed_threshold', 'must be in (0, 1)',
@@ -113,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(sel.early_stopping_patience, int) and sel.early_stopping_patience >= 0,
            'selection.early_stopping_patience', 'must be an integer >= 0',
            sel.early_stopping_patience)
-  _require(sel.early_stopping_patience == 0 or val_fraction > 0,
+  _require(sel.early_stopping_patience == 0 or has_val,
            'selection.early_stopping_patience',
            'needs a validation split (set data.split.val_fraction > 0)',
            sel.early_stopping_patience)

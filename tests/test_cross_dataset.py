@@ -175,4 +175,7 @@ def test_matrix(tmp_path):
   threshold = result['runs']['phantom']['threshold']
   assert cols[1] == (f'{threshold:.4f}' if result['runs']['phantom']['threshold_known']
                      else '0.5 (default)')
-  assert cols[2:] == ['trained on', f'{both_cell["metrics"]["roc_auc"]:.4f}', 'n/a']
+  low, high = both_cell['intervals']['roc_auc']  # 95% bootstrap interval over images
+  assert low <= both_cell['metrics']['roc_auc'] <= high
+  assert cols[2:] == ['trained on',
+                      f'{both_cell["metrics"]["roc_auc"]:.3f} [{low:.3f}, {high:.3f}]', 'n/a']

@@ -108,3 +108,17 @@ def test_threshold_is_applied_to_test_predictions():
   assert result.metrics['sensitivity'] == pytest.approx(tp / labels.sum())
   assert result.confusion.sum() == 50 and result.threshold == 0.3
   assert result.metrics['roc_auc'] == pytest.approx(metrics_lib.roc_auc(p1, labels))
+
+
+def test_external_validation_dataset_is_the_whole_val_split():
+  meta = _metadata()
+  meta['dataset'] = np.where(np.arange(400) < 100, 'brain_tumor', 'brain_tumor_mri/binary')
+  split = splits_lib.make_splits(meta, _split_config(val_dataset='brain_tumor'))
+  np.testing.assert_array_equal(split['val'], np.arange(100))
+  rest = np.sort(np.r_[split['train'], split['test']])
+  np.testing.assert_array_equal(rest, np.arange(100, 400))
+  # The protocol split of the other parts is the one they would get on their own.
+  own = splits_lib.make_splits({k: v[100:] for k, v in meta.items()}, _split_config())
+  np.testing.assert_array_equal(split['test'], own['test'] + 100)
+  with pytest.raises(ValueError, match='one part of the mix'):
+    splits_lib.make_splits(meta, _split_config(val_dataset='figshare_brain_tumor'))

@@ -6,8 +6,10 @@
   class_mapping  one dataset's class names onto another's (tumor / no tumor, by name)
   hashing      content hash and perceptual hash (pHash) of images
   preprocess   paper preprocessing (host, numpy) and `to_model_input` (device, JAX)
-  augment      `augment_batch`: random rot90 / flips on device (JAX)
-  splits       'original' / 'paper' / 'stratified' / 'grouped' train/test splits
+  augment      `AugmentSpec` / `augment_batch`: the paper's rot90 / flips, random affine
+               warp and intensity jitter, on device (JAX)
+  splits       'original' / 'paper' / 'stratified' / 'grouped' train/test splits, and a
+               leakage-safe validation split
   leakage      report of duplicate groups and patients crossing a split (also a CLI)
   pipeline     `create_input_pipeline(config.data, ...) -> InputPipeline`
 

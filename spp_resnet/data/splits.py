@@ -328,7 +328,25 @@ def make_splits(metadata: Mapping[str, np.ndarray], split_config) -> dict[str, n
 
   `val_fraction` > 0 carves a validation split out of the protocol's train split
   (`carve_validation`); the test split is the same with or without it.
+  `val_dataset` names a part of a 'mix' whose images are ALL the validation split (an
+  external validation set: a source the model is not trained on, so the kept checkpoint
+  and threshold are chosen for transfer, not for the training source); the protocol
+  splits the other parts.
   """
+  val_dataset = str(split_config.get('val_dataset', '') or '')
+  if val_dataset:
+    if 'dataset' not in metadata:
+      raise ValueError(f"split val_dataset={val_dataset!r} needs a 'mix' dataset.")
+    is_val = np.asarray(metadata['dataset']).astype(str) == val_dataset
+    if not is_val.any() or is_val.all():
+      raise ValueError(f'split val_dataset={val_dataset!r} must name one part of the mix '
+                       f'(parts: {sorted(set(np.asarray(metadata["dataset"]).astype(str)))}).')
+    rest = np.nonzero(~is_val)[0]
+    split = _protocol_split({k: np.asarray(v)[rest] for k, v in metadata.items()},
+                            split_config)
+    split = {name: rest[idx] for name, idx in split.items()}
+    split['val'] = np.nonzero(is_val)[0]
+    return split
   split = _protocol_split(metadata, split_config)
   val_fraction = float(split_config.get('val_fraction', 0.0) or 0.0)
   if val_fraction > 0:
