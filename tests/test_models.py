@@ -149,3 +149,36 @@ def test_bfloat16_classifier_gives_distinct_float32_logits():
   assert logits.dtype == jnp.float32
   # bf16 has 8 significant bits: a bf16 output layer gives many ties among 256 logits.
   assert len(np.unique(np.asarray(logits))) == 256
+
+
+def test_frozen_stages_use_and_keep_running_statistics():
+  model = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
+  before = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+  x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  inference = model.stage_outputs(x, train=False)
+  trained = model.stage_outputs(x, train=True, frozen_stages=2)  # stem and stage1
+  after = nnx.state(model, nnx.BatchStat)
+  flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+  for path, value in jax.tree_util.tree_flatten_with_path(after)[0]:
+    name = jax.tree_util.keystr(path)
+    frozen = name.startswith(("['stem_bn']", "['stages'][0]"))
+    same = np.array_equal(np.asarray(value), flat_before[path])
+    assert same == frozen, name
+  # Frozen parts compute exactly what they compute at inference.
+  for key in ('stem', 'stage1'):
+    np.testing.assert_array_equal(trained[key], inference[key])
+  assert not np.allclose(trained['stage2'], inference['stage2'])
+
+
+def test_frozen_stage_count_matches_the_frozen_parameters():
+  from spp_resnet.training import train
+  model = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
+  for up_to, count in (('none', 0), ('stem', 1), ('stage1', 2), ('stage4', 5), ('all', 5)):
+    assert train.frozen_stage_count(up_to) == count
+    frozen = train.frozen_filter(up_to)
+    params = nnx.state(model, nnx.Param)
+    names = {('backbone',) + tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        params)[0] for p in [tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in p)]}
+    stages = {int(n[2]) for n in names if n[1] == 'stages' and frozen(n, None)}
+    stem = any(str(n[1]).startswith('stem') and frozen(n, None) for n in names)
+    assert stem == (count >= 1) and stages == set(range(max(0, count - 1)))

@@ -62,14 +62,16 @@ class Classifier(nnx.Module):
     return features.mean(axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None = None,
-               batch_norm_train: bool | None = None) -> jax.Array:
+               batch_norm_train: bool | None = None, frozen_stages: int = 0) -> jax.Array:
     """x: [B, H, W, 3] normalized images -> float32 logits [B, 1] or [B, K].
 
     `train` switches dropout and, unless `batch_norm_train` says otherwise, BatchNorm
-    batch statistics (False freezes them: transfer learning on small batches).
+    batch statistics (False freezes them: transfer learning on small batches);
+    `frozen_stages` = k keeps the backbone's first k parts (stem, stage1, ...) in
+    inference mode (`ResNet.stage_outputs`).
     """
     bn_train = train if batch_norm_train is None else batch_norm_train
-    h = self.pool(self.backbone(x, train=bn_train))
+    h = self.pool(self.backbone(x, train=bn_train, frozen_stages=frozen_stages))
     for layer in self.dense[:-1]:
       h = self.dropout(nnx.relu(layer(h)), deterministic=not train, rngs=rngs)
     return self.dense[-1](h).astype(jnp.float32)

@@ -178,15 +178,23 @@ class ResNet(nnx.Module):
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     return nnx.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
-  def stage_outputs(self, x, *, train: bool) -> dict[str, jax.Array]:
-    """Activations after the stem and after each stage (for tests and feature reuse)."""
-    outputs = {'stem': self.stem(x, train=train)}
+  def stage_outputs(self, x, *, train: bool,
+                    frozen_stages: int = 0) -> dict[str, jax.Array]:
+    """Activations after the stem and after each stage (for tests and feature reuse).
+
+    `frozen_stages` = k: the first k parts (the stem, then stage1, ...) run BatchNorm in
+    inference mode even when training: frozen layers keep their running statistics (as
+    Keras runs a frozen BatchNorm), instead of normalizing with batch statistics that
+    their fixed weights were never fitted to.
+    """
+    outputs = {'stem': self.stem(x, train=train and frozen_stages < 1)}
     x = outputs['stem']
     for i, stage in enumerate(self.stages):
+      stage_train = train and frozen_stages < i + 2
       for block in stage:
-        x = block(x, train=train)
+        x = block(x, train=stage_train)
       outputs[f'stage{i + 1}'] = x
     return outputs
 
-  def __call__(self, x, *, train: bool):
-    return self.stage_outputs(x, train=train)['stage4']
+  def __call__(self, x, *, train: bool, frozen_stages: int = 0):
+    return self.stage_outputs(x, train=train, frozen_stages=frozen_stages)['stage4']

@@ -83,6 +83,13 @@ def frozen_filter(freeze_up_to: str) -> Callable[[tuple, Any], bool]:
   return frozen
 
 
+def frozen_stage_count(freeze_up_to: str) -> int:
+  """How many leading backbone parts (stem, stage1, ...) `freeze_up_to` freezes."""
+  if freeze_up_to == 'none':
+    return 0
+  return len(_STAGES) if freeze_up_to == 'all' else _STAGES.index(freeze_up_to) + 1
+
+
 def logits_to_probs(logits: jax.Array) -> jax.Array:
   """[B, 1] sigmoid logits -> P(positive) [B, 2]; [B, K] -> softmax [B, K]."""
   if logits.shape[-1] == 1:
@@ -141,6 +148,8 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   weights = None if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
   base_key = jax.random.key(config.seed)
   update_batch_stats = not config.freeze.batch_stats
+  # Frozen stages normalize with, and keep, their running statistics.
+  frozen_stages = frozen_stage_count(config.freeze.backbone_up_to)
   trainable = nnx.All(nnx.Param, nnx.Not(frozen_filter(config.freeze.backbone_up_to)))
 
   def model_input(images):
@@ -157,7 +166,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     def loss_fn(model):
       logits = model(images, train=True, batch_norm_train=update_batch_stats,
-                     rngs=nnx.Rngs(dropout=dropout_key))
+                     frozen_stages=frozen_stages, rngs=nnx.Rngs(dropout=dropout_key))
       loss = classification_loss(logits, labels, smoothing)
       if weights is None:
         return loss.mean(), (logits, loss)
