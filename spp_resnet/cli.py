@@ -50,8 +50,23 @@ def _unknown_field_message(error: Exception, argv: list[str]) -> str:
           + (f' (did you mean {hint.group(1)!r}?)' if hint else ''))
 
 
+def last_overrides_win(argv: list[str]) -> list[str]:
+  """Drops all but the last `--config.FIELD=` of each field.
+
+  ml_collections appends repeated overrides of a tuple field ('(16,16)' then '16' gave
+  (16, 16, 16)); for every other flag the last one wins, so here too.
+  """
+  def field(arg: str) -> str | None:
+    return arg.split('=', 1)[0] if arg.startswith('--config.') and '=' in arg else None
+
+  last = {field(a): i for i, a in enumerate(argv) if field(a)}
+  return [a for i, a in enumerate(argv) if field(a) is None or last[field(a)] == i]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing where a bad `--config.x=` override is one line, not a traceback."""
+  """absl flag parsing where a bad `--config.x=` override is one line, not a traceback,
+  and the last override of a field wins."""
+  argv = last_overrides_win(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

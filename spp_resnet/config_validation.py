@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import jax
+import json
+from typing import Any
+
 import ml_collections
 
 
@@ -22,7 +24,49 @@ def _choice(config, field: str, choices) -> None:
   _require(value in choices, field, f'must be one of {", ".join(map(repr, choices))}', value)
 
 
+# Fields that do not change what a run trains and measures: paths, logging, caching.
+NON_RESULT_FIELDS = ('data.data_dir', 'data.manual_dir', 'data.num_workers',
+                     'data.prefetch_buffer', 'data.cache', 'pretrained.path',
+                     'pretrained.cache_dir', 'pretrained.strict_digest', 'log_every_steps',
+                     'checkpoint_every_steps', 'keep_checkpoints', 'halt_on_nan')
+# Fields a run may resume with changed: more epochs (the schedule is stretched to the new
+# length), evaluation cadence and batch, early stopping.
+RESUMABLE_FIELDS = ('num_epochs', 'eval_batch_size', 'eval_every_epochs',
+                    'selection.early_stopping_patience')
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; tuples as lists (as JSON has them)."""
+  out = {}
+  for key, value in d.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses to resume WORKDIR's run (`saved`: its config.json) with a config that trains
+  something else; returns the changed fields that are safe to resume with."""
+  before = flatten(saved)
+  now = flatten(json.loads(config.to_json_best_effort()))
+  # A field the saved run lacks is one added to the code since: nothing to compare.
+  changed = sorted(k for k in before.keys() & now.keys()
+                   if before[k] != now[k] and k not in NON_RESULT_FIELDS)
+  refused = [k for k in changed if k not in RESUMABLE_FIELDS]
+  if refused:
+    shown = ', '.join(f'{k}: {before[k]!r} -> {now[k]!r}' for k in refused[:6])
+    more = f' and {len(refused) - 6} more' if len(refused) > 6 else ''
+    raise ConfigError(f'{workdir} holds a run of another config ({shown}{more}); resume it '
+                      'with its own config, or use a new --workdir (or delete that one to '
+                      'start over).')
+  return changed
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
+  import jax  # pylint: disable=g-import-not-at-top  # keeps this module cheap to import
   devices, processes = jax.device_count(), jax.process_count()
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
@@ -56,8 +100,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   try:
     augment.AugmentSpec.from_config(data.augment)
   except (ValueError, TypeError) as e:
-    raise ConfigError(f'config.data.{e}' if str(e).startswith('augment.') else
-                      f'config.data.augment: {e}') from None
+    field, _, message = str(e).partition(' ')
+    if field.startswith('augment.'):  # 'augment.crop_scale must ...' names the field
+      value = data.augment[field.split('.', 1)[1]]
+      value = tuple(value) if isinstance(value, (tuple, list)) else value
+      raise ConfigError(f'config.data.{field}={value!r}: {message}') from None
+    raise ConfigError(f'config.data.augment: {e}') from None
   val_fraction = split.get('val_fraction', 0.0)
   _require(0.0 <= val_fraction < 1.0, 'data.split.val_fraction', 'must be in [0, 1)',
            val_fraction)

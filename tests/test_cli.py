@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, phantom
+from configs import default, phantom, scratch
 from spp_resnet.config_validation import ConfigError, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_configs_are_valid():
   validate(default.get_config())
   validate(phantom.get_config())
+  validate(scratch.get_config())
+  for lever in scratch.LEVERS:
+    validate(scratch.get_config(lever))
+
+
+def test_the_last_override_of_a_field_wins():
+  from spp_resnet.cli import last_overrides_win
+  argv = ['main.py', '--config=c.py', "--config.model.head_hidden=(16,16)", '--workdir=w',
+          '--config.model.head_hidden=16', '--config.seed=1']
+  assert last_overrides_win(argv) == ['main.py', '--config=c.py', '--workdir=w',
+                                      '--config.model.head_hidden=16', '--config.seed=1']
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -34,6 +45,12 @@ def test_shipped_configs_are_valid():
     ('optimizer.learning_rate', -1e-4, 'must be > 0'),
     ('optimizer.name', 'lamb', "must be one of 'sgd', 'adam'"),
     ('pretrained.source', 'imagenet', "must be one of ''"),
+    ('data.split.val_fraction', 1.0, 'must be in [0, 1)'),
+    ('data.split.val_dataset', 'brain_tumor', "needs data.dataset='mix'"),
+    ('selection.threshold', 'youden', 'needs a validation split'),
+    ('selection.metric', 'auc', "must be one of 'roc_auc'"),
+    ('loss.class_weights', 'inverse', "must be one of 'none', 'balanced'"),
+    ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < low <= high <= 1'),
 ])
 def test_impossible_values_name_the_field(field, value, message):
   config = default.get_config()

@@ -86,6 +86,16 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   for key in ('accuracy', 'f1', 'roc_auc', 'specificity'):
     value = history[-1][f'test/{key}']
     assert f'{value:.4f}' in evaluation.stdout, (key, value, evaluation.stdout)
+  # Re-running the workdir with a config that trains something else is refused in one
+  # line, before anything in it is touched.
+  saved = (workdir / 'config.json').read_text()
+  other = run_main(workdir, *adam, '--config.model.head_hidden=(16,)', check=False)
+  assert other.returncode == 2
+  assert other.stderr.strip().splitlines()[-1].startswith('error: ')
+  # (TINY has head_hidden=(32,): the last override wins, it is not appended to.)
+  assert 'model.head_hidden: [32] -> [16]' in other.stderr
+  assert (workdir / 'config.json').read_text() == saved
+  assert read_metrics(workdir) == history
 
 
 BOHAJU = ROOT.parent / 'shared' / 'data' / 'bohaju_brain_tumor_sample'

@@ -25,17 +25,15 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from spp_resnet import config_validation
+
 KFOLD_PROTOCOLS = ('grouped', 'stratified')
 # Config fields a runner sets per repeat: never reductions of the base config, never swept.
 REPEAT_FIELDS = ('seed', 'data.split.protocol', 'data.split.fold', 'data.split.num_folds',
                  'data.split.seed')
 # Fields that do not change what is trained or measured (where the data and weights are
 # read from, logging, the runners' own bookkeeping).
-IGNORED_FIELDS = ('data.data_dir', 'data.manual_dir', 'data.num_workers',
-                  'data.prefetch_buffer', 'data.cache', 'pretrained.path',
-                  'pretrained.cache_dir', 'pretrained.strict_digest', 'log_every_steps',
-                  'checkpoint_every_steps', 'keep_checkpoints', 'halt_on_nan',
-                  'sweep_grid', 'paper_best')
+IGNORED_FIELDS = config_validation.NON_RESULT_FIELDS + ('sweep_grid', 'paper_best')
 
 
 class RunnerError(ValueError):
@@ -120,15 +118,7 @@ def expand(config, root: str, variants: Mapping[str, Mapping[str, Any]], protoco
 # ---------------------------------------------------------------------------------------
 # Config bookkeeping.
 
-def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in d.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten(value, name + '.'))
-    else:
-      out[name] = list(value) if isinstance(value, tuple) else value
-  return out
+flatten = config_validation.flatten
 
 
 def comparable(config) -> dict[str, Any]:

@@ -459,7 +459,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   Without one, the test split is evaluated every evaluation epoch (the paper's curves)
   and the last checkpoint is the model, at threshold `selection.fixed_threshold`.
   """
-  exp = setup(config, workdir)  # validates the config first: a bad one writes nothing
+  config_validation.validate(config)
+  _check_resume_config(config, workdir)  # before anything in the workdir is touched
+  exp = setup(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   _save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
@@ -570,6 +572,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   exp.pipeline.close()
   result.step, result.selection = step, selection
   return result
+
+
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumes only with its own config (a few fields may change)."""
+  path = os.path.join(workdir, 'config.json')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not (os.path.exists(path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    return
+  with open(path, encoding='utf-8') as f:
+    saved = json.load(f)
+  changed = config_validation.check_resume(saved, config, workdir)
+  if changed:
+    logging.warning('Resuming %s with changed %s.', workdir, ', '.join(changed))
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: str,
