@@ -40,9 +40,8 @@ import ml_collections
 import numpy as np
 
 from spp_resnet import cli
-# The mapping rules live in the data layer (data.mix uses them too); re-exported here.
-from spp_resnet.data.class_mapping import (  # pylint: disable=unused-import
-    NEGATIVE_NAMES, TUMOR_NAMES, MappingError, canonical, map_classes)
+# The mapping rules live in the data layer (data.mix uses them too).
+from spp_resnet.data.class_mapping import MappingError, map_classes
 
 FLAGS = flags.FLAGS
 
@@ -95,7 +94,6 @@ def restore_model(config, workdir: str, num_classes: int, step: int | None = Non
   has them (and no `step` is asked for), else the checkpoint `step` (default: the
   latest) at `selection.fixed_threshold` (0.5 for runs from before it existed).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import parallel, train  # pylint: disable=g-import-not-at-top

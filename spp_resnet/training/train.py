@@ -9,7 +9,6 @@ checkpoint, so steps are dispatched asynchronously ahead of the computation.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
