@@ -1,6 +1,7 @@
 """Tests for spp_resnet.evaluation.writers and .plots (metric logs and figures)."""
 
 import glob
+import json
 import logging as std_logging
 import math
 import os
@@ -100,6 +101,9 @@ def test_resumed_run_replaces_rows_logged_after_checkpoint(tmp_path):
   rows = writers.read_metrics(tmp_path)
   assert [(row['step'], row['train/loss']) for row in rows] == [
       (100, 1.0), (200, 1.0), (300, 0.5), (400, 0.25)]
+  # Each row is in the file once: the superseded step-300 rows are gone from it.
+  lines = (tmp_path / writers.METRICS_FILE).read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [100, 200, 300, 400]
   # TensorBoard purges later events at a session START logged at the resume step.
   starts = [event.step for path in glob.glob(str(tmp_path / 'tensorboard' / 'events*'))
             for event in map(event_pb2.Event.FromString, _read_tfrecords(path))

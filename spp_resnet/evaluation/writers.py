@@ -18,7 +18,7 @@ import tensorboardX
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
-_RESUME_KEY = 'resume_step'  # marker line written by a resumed run
+_RESUME_KEY = 'resume_step'  # marker line of resumed runs of earlier versions
 
 
 class MetricWriter:
@@ -26,8 +26,8 @@ class MetricWriter:
 
   Only process 0 writes (in a multi-host job every process may call `write`);
   elsewhere it is a no-op. `resume_step`: the checkpoint step a resumed run restarts
-  from; what the interrupted run logged after it is superseded, in TensorBoard and in
-  `read_metrics` (through a marker line in the JSON file).
+  from; what the interrupted run logged after it is dropped from the JSON file (each
+  row is kept once) and superseded in TensorBoard.
   """
 
   def __init__(self, workdir: str | os.PathLike, process_index: int = 0,
@@ -37,15 +37,19 @@ class MetricWriter:
     if not self._enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if resume_step is not None and os.path.exists(self.path):
+      # Keep each row once: drop what the interrupted run logged after its checkpoint
+      # (it is logged again), and any fragment a kill left, in one atomic rewrite.
+      kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
+      with open(self.path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(r, allow_nan=True) + '\n' for r in kept)
+      os.replace(self.path + '.tmp', self.path)
     ends_mid_line = os.path.exists(self.path) and _last_byte(self.path) not in (b'', b'\n')
     self._file = open(self.path, 'a', encoding='utf-8')
     if ends_mid_line:
       # A killed run left half a line; start on a fresh one so that only the fragment
       # is unreadable, not also the next row.
       self._file.write('\n')
-    if resume_step is not None:
-      self._file.write(json.dumps({_RESUME_KEY: int(resume_step)}) + '\n')
-      self._file.flush()
     self._tensorboard = tensorboardX.SummaryWriter(
         os.path.join(os.fspath(workdir), TENSORBOARD_DIR), purge_step=resume_step)
 
