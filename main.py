@@ -29,7 +29,7 @@ def main(argv):
 
   parallel.initialize_distributed()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  with cli.exit_on_user_error():
+  with cli.exit_on_user_error(train.TrainingDivergedError):
     if flags.FLAGS.mode == 'train':
       result = train.train_and_evaluate(config, workdir)
       title = 'Final evaluation (test)'

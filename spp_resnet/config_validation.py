@@ -30,9 +30,12 @@ NON_RESULT_FIELDS = ('data.data_dir', 'data.manual_dir', 'data.num_workers',
                      'pretrained.cache_dir', 'pretrained.strict_digest', 'log_every_steps',
                      'checkpoint_every_steps', 'keep_checkpoints', 'halt_on_nan')
 # Fields a run may resume with changed: more epochs (the schedule is stretched to the new
-# length), evaluation cadence and batch, early stopping.
+# length), evaluation cadence and batch, early stopping, and a lower learning rate after
+# a divergence (the optimizer state keeps its structure).
 RESUMABLE_FIELDS = ('num_epochs', 'eval_batch_size', 'eval_every_epochs',
-                    'selection.early_stopping_patience')
+                    'selection.early_stopping_patience',
+                    # how a diverged run is resumed from its last finite checkpoint
+                    'optimizer.learning_rate')
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:

@@ -194,3 +194,20 @@ def test_two_processes_train_one_model(tmp_path):
   both = flat(final_state(workdir)[1]['params'])
   for key in single:
     np.testing.assert_allclose(single[key], both[key], rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+def test_divergence_is_one_line_and_keeps_only_finite_checkpoints(tmp_path):
+  workdir = tmp_path / 'nan'
+  fast = ['--config.log_every_steps=2', '--config.checkpoint_every_steps=2', *SMALL]
+  proc = run_main(workdir, *fast, '--config.optimizer.learning_rate=1e3', check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and 'futures after shutdown' not in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: Training diverged: ') and 'step None' not in line
+  step, state = final_state(workdir)
+  assert f'The last checkpoint (step {step})' in line
+  assert all(np.isfinite(v).all() for v in flat(state).values())
+  # The advice works: a lower learning rate is accepted for resuming this workdir.
+  again = run_main(workdir, *fast, '--config.optimizer.learning_rate=1e-4', check=False)
+  assert 'another config' not in again.stderr
+  assert f'Resuming from the checkpoint at step {step}' in again.stderr

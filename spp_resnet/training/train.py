@@ -439,13 +439,30 @@ def _restore_or_init(exp: Experiment, workdir: str) -> TrainState:
   return exp.checkpointer.restore(exp.state, exp.pipeline.train_iter, step)
 
 
-def _check_finite(sums: dict[str, float], step: int, last_checkpoint: int | None) -> None:
-  if not np.isfinite(sums['loss']):
-    raise FloatingPointError(
-        f'The training loss became {sums["loss"]} by step {step}. The last good '
-        f'checkpoint (step {last_checkpoint}) is kept; lower '
-        'config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then '
-        're-run with the same workdir to resume from it.')
+class TrainingDivergedError(FloatingPointError):
+  """The loss or the weights stopped being finite (config.halt_on_nan)."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _diverged(exp: Experiment, what: str, step: int, last_checkpoint: int | None):
+  """Waits for pending checkpoint writes (they hold finite states), then the error."""
+  exp.checkpointer.wait()
+  exp.checkpointer.close()
+  if last_checkpoint is None:
+    kept = ('No checkpoint was written before it: re-run with a lower '
+            '--config.optimizer.learning_rate (or set --config.optimizer.grad_clip_norm) to '
+            'start over')
+  else:
+    kept = (f'The last checkpoint (step {last_checkpoint}) holds finite weights and is '
+            'kept: re-run the same command with a lower --config.optimizer.learning_rate '
+            'to resume from it (if that diverges at once, its weights had blown up '
+            'already: start over in a new --workdir)')
+  return TrainingDivergedError(
+      f'Training diverged: {what} by step {step}. {kept}.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
@@ -490,8 +507,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
     save = step % config.checkpoint_every_steps == 0 or step == exp.total_steps
     if step % config.log_every_steps == 0 or end_of_epoch or save:
       sums = jax.device_get(state.train_sums)
-      if config.halt_on_nan:
-        _check_finite(sums, step, last_checkpoint)
+      if config.halt_on_nan and not np.isfinite(sums['loss']):
+        raise _diverged(exp, f'the training loss became {sums["loss"]}', step,
+                        last_checkpoint)
       progress.log(step, {'loss': sums['loss'] / max(sums['count'], 1)})
     if end_of_epoch:
       scalars = {'train/loss': sums['loss'] / sums['count'],
@@ -516,6 +534,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
                      config.selection.early_stopping_patience)
         save = True
     if save:
+      # Never save a diverged state: the newest checkpoint must be one to resume from.
+      if config.halt_on_nan and not bool(_all_finite(state.params)):
+        raise _diverged(exp, 'some weights became inf or NaN', step, last_checkpoint)
       exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
   exp.checkpointer.wait()
