@@ -91,6 +91,13 @@ def test_keep_best_threshold_saved_and_used_by_eval(tmp_path):
   out = run_main(workdir, *SELECT, mode='eval').stdout
   for key in ('accuracy', 'sensitivity', 'specificity', 'roc_auc'):
     assert f'| {key} ' in out and f'{test_row[f"test/{key}"]:.4f}' in out
+  # A config that trains something else, or a mistyped workdir: one line, nothing made.
+  other = run_main(workdir, *SELECT, '--config.model.head_hidden=(8,)', mode='eval',
+                   check=False)
+  assert other.returncode == 2 and 'model.head_hidden' in other.stderr.splitlines()[-1]
+  missing = run_main(tmp_path / 'typo', *SELECT, mode='eval', check=False)
+  assert missing.returncode == 2 and missing.stderr.splitlines()[-1].startswith('error: ')
+  assert not (tmp_path / 'typo').exists()
   val = run_main(workdir, *SELECT, '--eval_split=val', mode='eval').stdout
   assert f'{selection["value"]:.4f}' in val
   assert f'step {selection["step"]}' in val

@@ -573,7 +573,21 @@ def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: str = 'test') -> EvalResult:
   """Evaluates `workdir`'s model on `split`: the kept best-on-validation checkpoint at its
-  saved threshold when the run has one, else the latest checkpoint."""
+  saved threshold when the run has one, else the latest checkpoint.
+
+  `config` must train what the run trained (checked against its config.json, one line
+  naming the fields otherwise); the checkpoint holds every weight, so no pretrained file
+  is read.
+  """
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
+                            'check --workdir, or train first with --mode=train.')
+  config_validation.validate(config)
+  _check_resume_config(config, workdir)
+  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  config.data.normalization = preprocess.resolve_normalization(config.data.normalization,
+                                                               config.pretrained.source)
+  config.pretrained.source = ''
   exp = setup(config, workdir)
   selection = load_selection(workdir)
   if selection is not None:
