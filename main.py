@@ -25,11 +25,11 @@ def main(argv):
   # Imported here so that --help and flag errors come back without loading JAX.
   import jax
   from spp_resnet import cli
-  from spp_resnet.training import parallel, train
+  from spp_resnet.training import parallel, train, workdir_lock
 
   parallel.initialize_distributed()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  with cli.exit_on_user_error(train.TrainingDivergedError):
+  with cli.exit_on_user_error(train.TrainingDivergedError, workdir_lock.WorkdirLockedError):
     if flags.FLAGS.mode == 'train':
       result = train.train_and_evaluate(config, workdir)
       title = 'Final evaluation (test)'

@@ -211,3 +211,23 @@ def test_divergence_is_one_line_and_keeps_only_finite_checkpoints(tmp_path):
   again = run_main(workdir, *fast, '--config.optimizer.learning_rate=1e-4', check=False)
   assert 'another config' not in again.stderr
   assert f'Resuming from the checkpoint at step {step}' in again.stderr
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
+  import json
+  import socket
+  workdir = tmp_path / 'locked'
+  workdir.mkdir()
+  lock = workdir / 'run.lock'
+  # A live holder (this test's own process): refused in one line, the lock left alone.
+  lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid()}))
+  proc = run_main(workdir, *SMALL, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {workdir} is in use')
+  assert lock.exists() and not (workdir / 'checkpoints').exists()
+  # A holder that is gone (a killed run): taken over, trained, released.
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': dead.pid}))
+  run_main(workdir, *SMALL)
+  assert not lock.exists() and (workdir / 'checkpoints').is_dir()

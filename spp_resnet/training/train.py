@@ -33,6 +33,7 @@ from spp_resnet.evaluation import writers
 from spp_resnet.models import create_model
 from spp_resnet.training import checkpoint as checkpoint_lib
 from spp_resnet.training import parallel
+from spp_resnet.training import workdir_lock
 from spp_resnet.training.optimizer import create_optimizer
 
 Batch = dict[str, jax.Array]
@@ -477,8 +478,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   """
   config_validation.validate(config)
   _check_resume_config(config, workdir)  # before anything in the workdir is touched
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   exp = setup(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
   _save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
