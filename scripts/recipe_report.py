@@ -16,6 +16,7 @@ import os
 import sys
 
 from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.evaluation import writers
 
 
 def hanley_mcneil(auc: float, positives: int, negatives: int) -> tuple[float, float]:
@@ -40,9 +41,7 @@ def fmt(value, interval=None) -> str:
 
 
 def test_row(workdir: str) -> dict:
-  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))
-          if line.strip() and '"step"' in line]
-  return [r for r in rows if 'test/roc_auc' in r][-1]
+  return [r for r in writers.read_metrics(workdir) if 'test/roc_auc' in r][-1]
 
 
 def main(runs_dir: str, *cross_paths: str) -> None:
