@@ -1,7 +1,8 @@
 r"""A classifier trained from scratch (no ImageNet weights) that holds up on unseen MRI.
 
-The recipe, each part a lever of the ablation in docs/results.md ("Recipe"), chosen on
-a validation split carved from the training data (never on a test set):
+The recipe; each part is a lever of the ablation in docs/results.md ("A from-scratch
+recipe"), measured on a validation split carved from the training data (never on a test
+set), where none of them differs from the others beyond noise:
   * leakage-safe grouped split, 15% of the training groups as validation; the kept
     checkpoint is the best validation ROC AUC, the decision threshold is fitted on
     validation (Youden's J) and saved with the run;
