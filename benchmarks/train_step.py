@@ -1,7 +1,7 @@
 r"""Times the project's real jitted train and eval steps on synthetic, device-resident data.
 
 The model, optimizer, state and steps come from the project itself
-(`spp_resnet.training.train._initial_state` / `make_steps`, `create_optimizer`), so this
+(`spp_resnet.training.train.create_train_state` / `make_steps`, `create_optimizer`), so this
 measures exactly what `main.py` runs per step: uint8 -> model input, device-side
 augmentation, forward, loss, backward, SGD update and the on-device metric sums.
 The input pipeline is NOT part of it: one synthetic uint8 batch is placed on the devices
@@ -86,7 +86,7 @@ def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -
   tx = create_optimizer(config.optimizer, steps_per_epoch=100,
                         num_epochs=config.num_epochs)
   t0 = time.perf_counter()
-  graphdef, state = train_lib._initial_state(config, num_classes, tx, mesh)  # pylint: disable=protected-access
+  graphdef, state = train_lib.create_train_state(config, num_classes, tx, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   normalization = preprocess.resolve_normalization(config.data.normalization,

@@ -63,6 +63,19 @@ def last_overrides_win(argv: list[str]) -> list[str]:
   return [a for i, a in enumerate(argv) if field(a) is None or last[field(a)] == i]
 
 
+def config_overrides(argv: list[str], config) -> dict:
+  """{field: parsed value} of the `--config.FIELD=VALUE` flags given on the command line."""
+  overrides = {}
+  for arg in argv:
+    if arg.startswith('--config.') and '=' in arg:
+      field = arg[len('--config.'):].split('=', 1)[0]
+      node = config
+      for part in field.split('.'):
+        node = node[part]
+      overrides[field] = node
+  return overrides
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where a bad `--config.x=` override is one line, not a traceback,
   and the last override of a field wins."""

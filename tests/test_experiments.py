@@ -20,6 +20,7 @@ from spp_resnet.data import splits as splits_lib
 from spp_resnet.experiments import ablation
 from spp_resnet.experiments import evaluate_external as ext
 from spp_resnet.experiments import runs as runs_lib
+from spp_resnet.training import restore
 
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM = 'phantom/easy=1,size=48,train=100,test=40'
@@ -220,7 +221,7 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
   from spp_resnet.data import pipeline
   tmp, workdir, _ = ablation_run
   run_dir = workdir / 'runs' / 'paper' / 'basic' / 'split0'
-  config = ext.load_run_config(str(run_dir))
+  config = restore.load_run_config(str(run_dir))
   assert tuple(config.model.head_hidden) == (32,)
   pooled = pipeline.load_pooled(config.data.dataset)
   test_idx = splits_lib.make_splits(pooled.metadata, config.data.split)['test']

@@ -30,9 +30,12 @@ TINY = [
 ]
 
 
-def run_main(workdir, *overrides, env=None, mode='train', check=True, wait=True):
-  cmd = [sys.executable, str(ROOT / 'main.py'), '--config=configs/phantom.py',
-         f'--workdir={workdir}', f'--mode={mode}', *TINY, *overrides]
+def run_main(workdir, *overrides, env=None, mode='train', check=True, wait=True,
+             config='configs/phantom.py', extra=()):
+  """main.py on `config` with TINY and `overrides` (config=None: no --config at all)."""
+  config_flags = [f'--config={config}', *TINY, *overrides] if config else []
+  cmd = [sys.executable, str(ROOT / 'main.py'), f'--workdir={workdir}', f'--mode={mode}',
+         *config_flags, *extra]
   full_env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
@@ -86,6 +89,30 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   for key in ('accuracy', 'f1', 'roc_auc', 'specificity'):
     value = history[-1][f'test/{key}']
     assert f'{value:.4f}' in evaluation.stdout, (key, value, evaluation.stdout)
+  # Without --config, from the run's own config.json: the same numbers; --step picks a
+  # checkpoint; a field that changes the model is refused in one line.
+  own = run_main(workdir, mode='eval', config=None)
+  assert evaluation.stdout.split('Checkpoint step')[1] == own.stdout.split('Checkpoint step')[1]
+  at_4 = run_main(workdir, mode='eval', config=None, extra=['--step=4'])
+  assert 'Checkpoint step 4 on test' in at_4.stdout
+  refused = run_main(workdir, '--config.model.head_hidden=(16,)', mode='eval', check=False)
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      f'error: {workdir} is evaluated with its own config')
+  assert 'model.head_hidden: [32] -> [16] would change what was trained' in refused.stderr
+  no_val = run_main(workdir, mode='eval', config=None, extra=['--eval_split=val'],
+                    check=False)
+  assert no_val.returncode == 2
+  assert no_val.stderr.strip().splitlines()[-1] == (
+      f"error: --eval_split='val': {workdir} has the splits train, test (it was trained "
+      'without a validation split).')
+  # The Python API restores the same model: the same metrics, in this process.
+  from spp_resnet.training import restore
+  result = restore.evaluate_checkpoint(str(workdir))
+  for key in ('accuracy', 'f1', 'roc_auc', 'specificity'):
+    assert result.metrics[key] == history[-1][f'test/{key}'], key
+  restored = restore.restore_for_inference(str(workdir))
+  assert (restored.class_names, restored.threshold) == (result.class_names, 0.5)
   # Re-running the workdir with a config that trains something else is refused in one
   # line, before anything in it is touched.
   saved = (workdir / 'config.json').read_text()
@@ -107,7 +134,7 @@ def test_real_mri_training_beats_the_majority_class(tmp_path):
   grouped split, a small ResNet-18 on 48 px: test accuracy clearly above always
   answering the test split's majority class."""
   from spp_resnet.data import pipeline, splits
-  from spp_resnet.experiments.evaluate_external import load_run_config
+  from spp_resnet.training.restore import load_run_config
   workdir = tmp_path / 'bohaju'
   run_main(workdir, '--config.data.dataset=brain_tumor',
            f'--config.data.manual_dir={BOHAJU}', f'--config.data.data_dir={tmp_path / "tfds"}',

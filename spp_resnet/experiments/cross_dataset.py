@@ -212,12 +212,13 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
   import jax  # pylint: disable=g-import-not-at-top
   from spp_resnet.data import class_mapping  # pylint: disable=g-import-not-at-top
   from spp_resnet.experiments import evaluate_external as ext  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import restore  # pylint: disable=g-import-not-at-top
 
   for name in list(runs) + list(datasets):
     _check_name(name, 'name')
   start = time.perf_counter()
   os.makedirs(out, exist_ok=True)
-  configs = {name: ext.load_run_config(workdir) for name, workdir in runs.items()}
+  configs = {name: restore.load_run_config(workdir) for name, workdir in runs.items()}
   run_info, cells = {}, {}
   for run, workdir in runs.items():
     config = configs[run]

@@ -36,7 +36,6 @@ import sys
 import time
 
 from absl import app, flags, logging
-import ml_collections
 import numpy as np
 
 from spp_resnet import cli
@@ -44,84 +43,6 @@ from spp_resnet import cli
 from spp_resnet.data.class_mapping import MappingError, map_classes
 
 FLAGS = flags.FLAGS
-
-# ---------------------------------------------------------------------------------------
-# The trained run.
-
-def _tuples(value):
-  """JSON lists back to tuples (every sequence field of the configs is a tuple)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from WORKDIR/config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: --workdir must be a training run '
-                            '(main.py or the ablation runner) directory.')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
-def load_class_names(workdir: str, config) -> list[str]:
-  """The model's label order: WORKDIR/class_names.json, else the training dataset's."""
-  path = os.path.join(workdir, 'class_names.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      return list(json.load(f))
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  logging.warning('%s is missing (a run from before it was written); taking the class '
-                  'names from the training dataset %s.', path, config.data.dataset)
-  try:
-    loaded = pipeline_lib.load_dataset(config.data.dataset, data_dir=config.data.data_dir,
-                                       manual_dir=config.data.manual_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    raise FileNotFoundError(
-        f'{path} is missing and the training dataset {config.data.dataset!r} cannot be '
-        f'opened to read its class names ({e}). Write the class names, in label order, '
-        f'as a JSON list to {path}.') from e
-  return list(loaded.class_names)
-
-
-def restore_model(config, workdir: str, num_classes: int, step: int | None = None):
-  """(steps, state, mesh, normalization, step, threshold) of the run's model.
-
-  The run's kept best-on-validation checkpoint and its saved decision threshold when it
-  has them (and no `step` is asked for), else the checkpoint `step` (default: the
-  latest) at `selection.fixed_threshold` (0.5 for runs from before it existed).
-  """
-  from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
-  from spp_resnet.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from spp_resnet.training import parallel, train  # pylint: disable=g-import-not-at-top
-  from spp_resnet.training.optimizer import create_optimizer  # pylint: disable=g-import-not-at-top
-
-  normalization = preprocess.resolve_normalization(config.data.normalization,
-                                                   config.pretrained.source)
-  # The checkpoint holds every parameter: no need to read the ImageNet file again.
-  init_config = ml_collections.ConfigDict(config.to_dict())
-  init_config.pretrained.source = ''
-  mesh = parallel.create_mesh()
-  # The optimizer state's structure does not depend on the schedule's length.
-  tx = create_optimizer(config.optimizer, 1, config.num_epochs)
-  graphdef, state = train._initial_state(init_config, num_classes, tx, mesh)  # pylint: disable=protected-access
-  steps = train.make_steps(graphdef, tx, config, normalization, mesh)
-  selection = train.load_selection(workdir)
-  if selection is not None and step is None:
-    state, step = train.restore_best(workdir, state)
-    return steps, state, mesh, normalization, step, selection['threshold']
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=max(1, config.keep_checkpoints))
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
-  state = checkpointer.restore(state, step=step)
-  checkpointer.close()
-  threshold = config.get('selection', {}).get('fixed_threshold', 0.5)
-  return steps, state, mesh, normalization, step, threshold
-
 
 # ---------------------------------------------------------------------------------------
 # Main.
@@ -135,18 +56,13 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
-  from spp_resnet.training import train  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import restore, train  # pylint: disable=g-import-not-at-top
 
   if jax.process_count() > 1:
     raise ValueError('evaluate_external runs on one host.')
   start = time.perf_counter()
-  config = load_run_config(workdir)
-  model_classes = load_class_names(workdir, config)
-  slug = re.sub(r'[^A-Za-z0-9]+', '_', f'{dataset}_{os.path.basename(os.path.normpath(manual_dir))}'
-                if manual_dir else dataset).strip('_')
-  out = out or os.path.join(workdir, 'external', slug)
-  os.makedirs(out, exist_ok=True)
-
+  config = restore.load_run_config(workdir)
+  model_classes = restore.load_class_names(workdir, config)
   pooled = pipeline_lib.load_pooled(dataset, data_dir=data_dir or config.data.data_dir,
                                     manual_dir=manual_dir)
   mapping = map_classes(pooled.class_names, model_classes, class_map, ignore_classes)
@@ -154,25 +70,31 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   keep = np.nonzero(mapping[ext_labels] >= 0)[0]
   if not len(keep):
     raise MappingError('No images left to evaluate after --ignore_classes.')
-  prep = pipeline_lib.Preprocessor(int(config.data.image_size),
-                                   tuple(float(p) for p in config.data.contrast_percentiles))
+  restored = restore.restore_for_inference(workdir, step)
   t0 = time.perf_counter()
+  prep = pipeline_lib.Preprocessor(restored.image_size,
+                                   tuple(float(p) for p in config.data.contrast_percentiles))
   images, labels = pipeline_lib.preprocess_split(pooled.source, keep, prep)
   logging.info('Preprocessed %d images of %s in %.1f s.', len(keep), dataset,
                time.perf_counter() - t0)
   labels = mapping[labels].astype(np.int32)
 
   num_classes = len(model_classes)
-  steps, state, mesh, normalization, step, threshold = restore_model(
-      config, workdir, num_classes, step)
   batch_size = batch_size or int(config.eval_batch_size)
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
   batch = pipeline_lib.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
                                  len(labels), batch_size, batch_size, 0, images.shape[1])
   probs, in_order = train.predict_probs(
-      steps, state, mesh, map(batch, range(math.ceil(len(labels) / batch_size))))
-  result = train.metrics_from_probs(probs, in_order, model_classes, threshold)
-  result.step = step
+      restored.batch_probs, restored.mesh,
+      map(batch, range(math.ceil(len(labels) / batch_size))))
+  result = train.metrics_from_probs(probs, in_order, model_classes, restored.threshold)
+  result.step = step = restored.step
+  normalization = restored.normalization
+  # Created only now: a mapping error or a missing checkpoint leaves no empty folder.
+  slug = re.sub(r'[^A-Za-z0-9]+', '_', f'{dataset}_{os.path.basename(os.path.normpath(manual_dir))}'
+                if manual_dir else dataset).strip('_')
+  out = out or os.path.join(workdir, 'external', slug)
+  os.makedirs(out, exist_ok=True)
 
   # ---- Reports.
   counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}

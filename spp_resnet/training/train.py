@@ -136,7 +136,7 @@ def predicted_class(logits: jax.Array) -> jax.Array:
 class Steps:
   """The jitted train and eval steps of one model/config, sharded over `mesh`."""
   train: Callable[[TrainState, Batch], TrainState]
-  eval: Callable[[TrainState, Batch], dict[str, jax.Array]]
+  eval: Callable[[TrainState, Batch], jax.Array]  # class probabilities [B, K]
 
 
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -190,18 +190,36 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             'count': sums['count'] + labels.shape[0],
         })
 
-  def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-    # Probabilities only: predictions depend on the decision threshold, which is chosen
-    # on validation data after the fact (metrics.predict on the host).
-    model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
-    logits = model(model_input(batch['image']), train=False).astype(jnp.float32)
-    return {'probs': logits_to_probs(logits)}
-
-  replicated = parallel.replicated(mesh)
+  probs = _probs_fn(graphdef, normalization)
   return Steps(
       train=jax.jit(train_step, donate_argnums=0),
-      # Small outputs, gathered to every process so each host can compute metrics.
-      eval=jax.jit(eval_step, out_shardings=replicated))
+      eval=jax.jit(lambda state, batch: probs(inference_weights(state), batch),
+                   out_shardings=parallel.replicated(mesh)))
+
+
+def _probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Batch], jax.Array]:
+  """(weights, {'image': uint8 [B,S,S,1]}) -> class probabilities [B, K].
+
+  Probabilities only: predictions depend on the decision threshold, which is chosen on
+  validation data after the fact (metrics.predict on the host).
+  """
+  def probs(weights: dict, batch: Batch) -> jax.Array:
+    model = nnx.merge(graphdef, weights['params'], weights['frozen'], weights['batch_stats'])
+    logits = model(preprocess.to_model_input(batch['image'], normalization), train=False)
+    return logits_to_probs(logits.astype(jnp.float32))
+
+  return probs
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, normalization: str,
+                    mesh) -> Callable[[dict, Batch], jax.Array]:
+  """jit of `_probs_fn`; the small output is gathered to every process (host metrics)."""
+  return jax.jit(_probs_fn(graphdef, normalization), out_shardings=parallel.replicated(mesh))
+
+
+def inference_weights(state: TrainState) -> dict:
+  """What an inference model needs of the state (no optimizer state: half the bytes)."""
+  return {'params': state.params, 'frozen': state.frozen, 'batch_stats': state.batch_stats}
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,18 +238,43 @@ class Experiment:
   total_steps: int
 
 
-def _initial_state(config, num_classes: int, tx, mesh):
-  model = create_model(config.model, num_classes=num_classes,
-                       rngs=nnx.Rngs(params=config.seed))
+def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                       tx: optax.GradientTransformation, mesh, *,
+                       abstract: bool = False) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, state) of `config`'s model, replicated over `mesh`.
+
+  The random init is one jitted computation that writes the replicated state in place
+  (no host round trip). `abstract=True` gives shapes, dtypes and shardings only (a
+  restore target): no weight is drawn and no pretrained file read, since a checkpoint
+  overwrites them.
+  """
+  freeze = frozen_filter(config.freeze.backbone_up_to)
+
+  def random_model():
+    return create_model(config.model, num_classes=num_classes,
+                        rngs=nnx.Rngs(params=config.seed))
+
+  def to_state(model) -> TrainState:
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    frozen, trainable = nnx.split_state(params, freeze, ...)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
+        batch_stats=batch_stats, opt_state=tx.init(trainable),
+        train_sums=jax.tree.map(jnp.asarray, _zero_sums()))
+
+  replicated = parallel.replicated(mesh)
+  graphdef = nnx.graphdef(nnx.eval_shape(random_model))
+  if abstract:
+    shapes = jax.eval_shape(lambda: to_state(random_model()))
+    return graphdef, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
+  state = jax.jit(lambda: to_state(random_model()), out_shardings=replicated)()
   if config.pretrained.source:
     from spp_resnet import weights  # Keeps h5py/torch readers off the plain path.
+    model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
     weights.load_pretrained_backbone(model, config.pretrained, config.model)
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  frozen, trainable = params.split(frozen_filter(config.freeze.backbone_up_to), ...)
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
-      batch_stats=batch_stats, opt_state=tx.init(trainable), train_sums=_zero_sums())
-  return graphdef, parallel.replicate(jax.device_get(state), mesh)
+    state = parallel.replicate(jax.device_get(to_state(model)), mesh)
+  return graphdef, state
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -243,12 +286,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       process_index=jax.process_index(), process_count=jax.process_count(),
       pretrained_source=config.pretrained.source)
   tx = create_optimizer(config.optimizer, pipeline.steps_per_epoch, config.num_epochs)
-  graphdef, state = _initial_state(config, pipeline.num_classes, tx, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, save_every_steps=config.checkpoint_every_steps)
+  # A resumed run restores every weight: build only the restore target.
+  graphdef, state = create_train_state(config, pipeline.num_classes, tx, mesh,
+                                       abstract=checkpointer.latest_step() is not None)
   train_labels = pipeline.metadata['label'][pipeline.split_indices['train']]
   loss_weights = class_weights(train_labels, pipeline.num_classes, config.loss.class_weights)
   steps = make_steps(graphdef, tx, config, pipeline.normalization, mesh, loss_weights)
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, save_every_steps=config.checkpoint_every_steps)
   return Experiment(config, mesh, pipeline, graphdef, state, steps, checkpointer,
                     total_steps=pipeline.steps_per_epoch * config.num_epochs)
 
@@ -277,17 +322,21 @@ class EvalResult:
 def evaluate(exp: Experiment, state: TrainState, split: str,
              threshold: float | None = None) -> EvalResult:
   """Metrics over a whole split at `threshold` (binary; None = 0.5); one host sync."""
-  probs, labels = predict_probs(exp.steps, state, exp.mesh, exp.pipeline.eval_batches(split))
+  probs, labels = predict_probs(lambda batch: exp.steps.eval(state, batch), exp.mesh,
+                                exp.pipeline.eval_batches(split))
   return metrics_from_probs(probs, labels, exp.pipeline.class_names, threshold)
 
 
-def predict_probs(steps: Steps, state: TrainState, mesh,
+def predict_probs(probs_fn: Callable[[Batch], jax.Array], mesh,
                   batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
-  """(probs [N, K], labels [N]) of the unmasked examples of `batches`, in order."""
+  """(probs [N, K], labels [N]) of the unmasked examples of `batches`, in order.
+
+  `probs_fn` maps a global (data-sharded) batch to replicated probabilities; the host
+  reads them back once, at the end.
+  """
   probs, labels, masks = [], [], []
   for batch in batches:
-    out = steps.eval(state, parallel.global_batch(batch, mesh))
-    probs.append(out['probs'])
+    probs.append(probs_fn(parallel.global_batch(batch, mesh)))
     labels.append(batch['label'])
     masks.append(batch['mask'])
   probs = jax.device_get(probs)
@@ -357,11 +406,6 @@ def _improves(value: float, best: dict | None, metric: str) -> bool:
   return value < best['value'] if metric in _LOWER_IS_BETTER else value > best['value']
 
 
-def _weights(state: TrainState) -> dict:
-  """What an inference model needs of the state (no optimizer state: half the bytes)."""
-  return {'params': state.params, 'frozen': state.frozen, 'batch_stats': state.batch_stats}
-
-
 def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainState, int]:
   """`state` with the weights of WORKDIR's kept (best-on-validation) checkpoint."""
   best = checkpoint_lib.Checkpointer(workdir, keep=keep, name=BEST_CHECKPOINT)
@@ -369,7 +413,7 @@ def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainS
   if step is None:
     best.close()
     raise FileNotFoundError(f'No best checkpoint in {best.directory}.')
-  weights = best.restore(_weights(state), step=step)
+  weights = best.restore(inference_weights(state), step=step)
   best.close()
   return state.replace(**weights), step
 
@@ -401,7 +445,7 @@ class _Selector:
           fixed=float(self.sel.fixed_threshold),
           target_sensitivity=float(self.sel.target_sensitivity))
     at_threshold = metrics_from_probs(val.probs, val.labels, self.class_names, threshold)
-    self.checkpointer.save(step, _weights(state))
+    self.checkpointer.save(step, inference_weights(state))
     self.best = {
         'metric': metric, 'value': float(value), 'epoch': epoch, 'step': step,
         'threshold': threshold, 'threshold_rule': self.sel.threshold,
@@ -573,44 +617,6 @@ def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,
   logging.info('Test (evaluated once) with the checkpoint kept on validation, %s\n%s',
                selector.describe(), final.table())
   return final
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        split: str = 'test') -> EvalResult:
-  """Evaluates `workdir`'s model on `split`: the kept best-on-validation checkpoint at its
-  saved threshold when the run has one, else the latest checkpoint.
-
-  `config` must train what the run trained (checked against its config.json, one line
-  naming the fields otherwise); the checkpoint holds every weight, so no pretrained file
-  is read.
-  """
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
-                            'check --workdir, or train first with --mode=train.')
-  config_validation.validate(config)
-  _check_resume_config(config, workdir)
-  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
-  config.data.normalization = preprocess.resolve_normalization(config.data.normalization,
-                                                               config.pretrained.source)
-  config.pretrained.source = ''
-  exp = setup(config, workdir)
-  selection = load_selection(workdir)
-  if selection is not None:
-    exp.checkpointer.close()
-    state, step = restore_best(workdir, exp.state)
-    threshold = selection['threshold']
-  else:
-    step = exp.checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(
-          f'No checkpoint in {exp.checkpointer.directory}: train first with --mode=train.')
-    state = exp.checkpointer.restore(exp.state, step=step)
-    exp.checkpointer.close()
-    threshold = config.selection.fixed_threshold
-  result = evaluate(exp, state, split, threshold)
-  exp.pipeline.close()
-  result.step, result.selection = step, selection
-  return result
 
 
 def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:

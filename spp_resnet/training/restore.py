@@ -1,0 +1,238 @@
+"""A trained run, restored for inference from its own saved files.
+
+One restore path for everything that applies a trained model (`--mode=eval`,
+`evaluate_external`, `cross_dataset`, `predict`, Grad-CAM, export): the model, its input
+preprocessing, class names and decision threshold come from the run's own
+WORKDIR/config.json, class_names.json and selection.json, and the weights from its
+checkpoint, restored into abstract targets (`nnx.eval_shape`): no weight is drawn or
+read from an ImageNet file only to be overwritten.
+
+  restored = restore_for_inference('runs/scratch')
+  probs = restored.probs(np.stack([restored.prepare(image) for image in images]))
+  classes = restored.decide(probs)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from spp_resnet import config_validation
+from spp_resnet.data import preprocess
+from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.training import checkpoint as checkpoint_lib
+from spp_resnet.training import parallel
+from spp_resnet.training import train as train_lib
+from spp_resnet.training.optimizer import create_optimizer
+
+CONFIG_FILE = 'config.json'
+CLASS_NAMES_FILE = 'class_names.json'
+# Fields an evaluation may set differently from the run's own config: where files are,
+# how fast it goes, and the decision rule's fixed fallback.
+EVAL_FIELDS = (*config_validation.NON_RESULT_FIELDS, 'eval_batch_size')
+
+
+def _tuples(value):
+  """JSON lists back to tuples (every sequence field of the configs is a tuple)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def is_run(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, CONFIG_FILE))
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from WORKDIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: --workdir must be the directory of a '
+                            'training run (main.py, the ablation or sweep runner).')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def load_class_names(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+  """The model's label order: WORKDIR/class_names.json, else the training dataset's."""
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return list(json.load(f))
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # runs from before class_names.json only
+  logging.warning('%s is missing (a run from before it was written); taking the class '
+                  'names from the training dataset %s.', path, config.data.dataset)
+  try:
+    loaded = pipeline_lib.load_dataset(config.data.dataset, data_dir=config.data.data_dir,
+                                       manual_dir=config.data.manual_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise FileNotFoundError(
+        f'{path} is missing and the training dataset {config.data.dataset!r} cannot be '
+        f'opened to read its class names ({e}). Write the class names, in label order, '
+        f'as a JSON list to {path}.') from e
+  return list(loaded.class_names)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
+                    workdir: str) -> ml_collections.ConfigDict:
+  """The run's config with `overrides` ({'eval_batch_size': 64}) of the fields an
+  evaluation may change; any other changed field is refused in one line."""
+  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  before = config_validation.flatten(config.to_dict())
+  refused = []
+  for field, value in overrides.items():
+    old = before.get(field)
+    value = list(value) if isinstance(value, tuple) else value
+    if field in EVAL_FIELDS or old == value:
+      *parents, leaf = field.split('.')
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = _tuples(value)
+    else:
+      refused.append(f'{field}: {old!r} -> {value!r}')
+  if refused:
+    raise config_validation.ConfigError(
+        f'{workdir} is evaluated with its own config ({os.path.join(workdir, CONFIG_FILE)}); '
+        f'{", ".join(refused)} would change what was trained. Only '
+        f'{", ".join(EVAL_FIELDS)} may differ in an evaluation.')
+  return config
+
+
+@dataclasses.dataclass
+class RestoredModel:
+  """A trained classifier with the run's preprocessing and decision rule."""
+  workdir: str
+  config: ml_collections.ConfigDict  # the run's own config
+  class_names: list[str]             # label order
+  graphdef: nnx.GraphDef
+  weights: dict                      # {'params', 'frozen', 'batch_stats'}, replicated on `mesh`
+  mesh: Any
+  normalization: str                 # resolved input normalization of the weights
+  step: int                          # the restored checkpoint's step
+  threshold: float | None            # binary: P(class_names[1]) >= threshold is positive
+  selection: dict | None             # WORKDIR/selection.json when the run selected on val
+  _probs: Any = dataclasses.field(default=None, repr=False)
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  @property
+  def model(self) -> nnx.Module:
+    """The nnx Classifier with the restored weights (call it with train=False)."""
+    return nnx.merge(self.graphdef, self.weights['params'], self.weights['frozen'],
+                     self.weights['batch_stats'])
+
+  def prepare(self, image: np.ndarray) -> np.ndarray:
+    """One 2-D (or HxWxC) image of any dtype -> uint8 [S, S, 1], as in training."""
+    return preprocess.preprocess_image(
+        image, self.image_size, tuple(float(p) for p in self.config.data.contrast_percentiles))
+
+  def probs(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [B, S, S, 1] -> float32 class probabilities [B, K] (one compile per B)."""
+    images = np.asarray(images)
+    pad = -len(images) % self.mesh.size  # the batch is split evenly over the devices
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    out = self.batch_probs(parallel.global_batch({'image': images}, self.mesh))
+    return np.asarray(jax.device_get(out))[:len(images) - pad]
+
+  def batch_probs(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """A global, data-sharded {'image': uint8 [B,S,S,1]} -> replicated probabilities."""
+    return self._probs(self.weights, batch)
+
+  def decide(self, probs: np.ndarray) -> np.ndarray:
+    """[B, K] probabilities -> predicted class indices at the run's decision threshold."""
+    return metrics_lib.predict(probs, self.threshold)
+
+
+def restore_for_inference(workdir: str, step: int | None = None,
+                          overrides: dict[str, Any] | None = None) -> RestoredModel:
+  """WORKDIR's model: the kept best-on-validation checkpoint at its fitted threshold when
+  the run has one and no `step` is asked for, else checkpoint `step` (default: the
+  latest) at `selection.fixed_threshold`.
+
+  `overrides` may change only `EVAL_FIELDS` (paths, batch size); others are refused.
+  """
+  config = apply_overrides(load_run_config(workdir), overrides or {}, workdir)
+  class_names = load_class_names(workdir, config)
+  normalization = preprocess.resolve_normalization(config.data.normalization,
+                                                   config.pretrained.source)
+  mesh = parallel.create_mesh()
+  # The optimizer state's structure does not depend on the schedule's length.
+  tx = create_optimizer(config.optimizer, 1, config.num_epochs)
+  graphdef, abstract = train_lib.create_train_state(config, len(class_names), tx, mesh,
+                                                    abstract=True)
+  selection = train_lib.load_selection(workdir)
+  if selection is not None and step is None:
+    state, step = train_lib.restore_best(workdir, abstract)
+    threshold = selection['threshold']
+  else:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=max(1, config.keep_checkpoints))
+    try:
+      step = checkpointer.latest_step() if step is None else step
+      if step is None:
+        raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}: train first '
+                                '(main.py --mode=train).')
+      state = checkpointer.restore(abstract, step=step)
+    finally:
+      checkpointer.close()
+    selection = None
+    threshold = float(config.get('selection', {}).get('fixed_threshold', 0.5))
+  if len(class_names) != 2:
+    threshold = None
+  return RestoredModel(
+      workdir=workdir, config=config, class_names=class_names, graphdef=graphdef,
+      weights=train_lib.inference_weights(state), mesh=mesh, normalization=normalization,
+      step=int(step), threshold=threshold, selection=selection,
+      _probs=train_lib.make_predict_fn(graphdef, normalization, mesh))
+
+
+def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None = None,
+                        overrides: dict[str, Any] | None = None) -> train_lib.EvalResult:
+  """WORKDIR's model (see `restore_for_inference`) on `split` of its own dataset and
+  split protocol, at its decision threshold: reproduces the run's final metrics."""
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # inference alone needs no dataset
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
+                            'check --workdir, or train first with --mode=train.')
+  config = load_run_config(workdir)
+  split_config = config.data.split
+  has_val = split_config.get('val_fraction', 0) > 0 or split_config.get('val_dataset', '')
+  splits = ('train', 'val', 'test') if has_val else ('train', 'test')
+  if split not in splits:
+    raise config_validation.ConfigError(
+        f'--eval_split={split!r}: {workdir} has the splits {", ".join(splits)}'
+        + ('' if has_val else ' (it was trained without a validation split)') + '.')
+  restored = restore_for_inference(workdir, step, overrides)
+  config = restored.config
+  for field in ('eval_batch_size',):
+    if config[field] % jax.device_count():
+      raise config_validation.ConfigError(
+          f'config.{field}={config[field]}: must be divisible by the number of devices '
+          f'({jax.device_count()}).')
+  pipeline = pipeline_lib.create_input_pipeline(
+      config.data, global_batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      pretrained_source=config.pretrained.source)
+  try:
+    probs, labels = train_lib.predict_probs(restored.batch_probs, restored.mesh,
+                                            pipeline.eval_batches(split))
+  finally:
+    pipeline.close()
+  result = train_lib.metrics_from_probs(probs, labels, restored.class_names,
+                                        restored.threshold)
+  result.step, result.selection = restored.step, restored.selection
+  return result
