@@ -391,6 +391,11 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run():
+  """The console script (pyproject.toml) and `python -m`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  run()

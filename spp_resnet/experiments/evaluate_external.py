@@ -212,6 +212,11 @@ def main(argv):
                       batch_size=FLAGS.batch_size, argv=sys.argv)
 
 
-if __name__ == '__main__':
+def run():
+  """The console script (pyproject.toml) and `python -m`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -471,6 +471,11 @@ def main(argv):
               keep_checkpoints=FLAGS.keep_checkpoints)
 
 
-if __name__ == '__main__':
+def run():
+  """The console script (pyproject.toml) and `python -m`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  run()
