@@ -42,7 +42,7 @@ def main(argv):
 
   parallel.initialize_distributed()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  with cli.exit_on_user_error(train.TrainingDivergedError, workdir_lock.WorkdirLockedError):
+  with cli.exit_on_user_error(train.TrainingDivergedError, workdir_lock.WorkdirError):
     if flags.FLAGS.mode == 'train':
       result = train.train_and_evaluate(config, workdir)
       title = 'Final evaluation (test)'

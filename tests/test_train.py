@@ -258,3 +258,12 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
   lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': dead.pid}))
   run_main(workdir, *SMALL)
   assert not lock.exists() and (workdir / 'checkpoints').is_dir()
+
+
+def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path):
+  # /proc refuses new files even to root (chmod would not stop root).
+  proc = run_main('/proc/spp_resnet_run', *SMALL, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'error: --workdir=/proc/spp_resnet_run is not writable (')

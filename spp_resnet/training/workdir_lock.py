@@ -18,8 +18,25 @@ from absl import logging
 LOCK_FILE = 'run.lock'
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used (not writable, or held by another run)."""
+
+
+class WorkdirLockedError(WorkdirError):
   """Another live run holds the workdir."""
+
+
+def check_writable(workdir: str) -> None:
+  """Creates WORKDIR if needed and proves it writable, before any work is done in it."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w', encoding='utf-8'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f'--workdir={workdir} is not writable ({e.strerror or e}): choose '
+                       'a directory this user can write to.') from e
 
 
 def _alive(pid: int) -> bool:
@@ -48,7 +65,7 @@ def hold(workdir: str, enabled: bool = True):
   if not enabled:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
   path = os.path.join(workdir, LOCK_FILE)
   me = {'host': socket.gethostname(), 'pid': os.getpid()}
   if not _try_create(path, me):
