@@ -66,6 +66,13 @@ class MetricWriter:
       self._tensorboard.add_scalar(key, value, global_step=int(step))
     self._tensorboard.flush()
 
+  def write_step(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Logs `scalars` at `step` to TensorBoard only (metrics.jsonl: one row an epoch)."""
+    if not self._enabled:
+      return
+    for key, value in scalars.items():
+      self._tensorboard.add_scalar(key, float(np.asarray(value)), global_step=int(step))
+
   def close(self) -> None:
     if self._enabled and not self._file.closed:
       self._file.close()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,7 +35,7 @@ from spp_resnet.models import create_model
 from spp_resnet.training import checkpoint as checkpoint_lib
 from spp_resnet.training import parallel
 from spp_resnet.training import workdir_lock
-from spp_resnet.training.optimizer import create_optimizer
+from spp_resnet.training.optimizer import create_optimizer, learning_rate_schedule
 
 Batch = dict[str, jax.Array]
 
@@ -52,8 +53,13 @@ class TrainState:
 
 
 def _zero_sums() -> dict[str, np.ndarray]:
-  """Host zeros; `parallel.replicate` them (a plain jnp array is not global multi-host)."""
-  return {k: np.zeros((), np.float32) for k in ('loss', 'correct', 'count')}
+  """Host zeros; `parallel.replicate` them (a plain jnp array is not global multi-host).
+
+  loss, correct: sums over the epoch's images (count); grad_norm: the sum of each step's
+  global gradient norm (steps).
+  """
+  return {k: np.zeros((), np.float32) for k in ('loss', 'correct', 'count', 'grad_norm',
+                                                 'steps')}
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +194,8 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             'loss': sums['loss'] + losses.sum(),
             'correct': sums['correct'] + (predicted_class(logits) == labels).sum(),
             'count': sums['count'] + labels.shape[0],
+            'grad_norm': sums['grad_norm'] + optax.global_norm(grads),
+            'steps': sums['steps'] + 1,
         })
 
   probs = _probs_fn(graphdef, normalization)
@@ -481,7 +489,15 @@ def _restore_or_init(exp: Experiment, workdir: str) -> TrainState:
   if step is None:
     return exp.state
   logging.info('Resuming from the checkpoint at step %d in %s.', step, workdir)
-  return exp.checkpointer.restore(exp.state, exp.pipeline.train_iter, step)
+  try:
+    return exp.checkpointer.restore(exp.state, exp.pipeline.train_iter, step)
+  except ValueError as e:
+    if 'tree structures do not match' not in str(e):
+      raise
+    raise config_validation.ConfigError(
+        f'{workdir}: its checkpoint (step {step}) holds the train state of another '
+        'version of spp_resnet and cannot be resumed; its model can still be evaluated '
+        '(--mode=eval, predict): train on in a new --workdir.') from e
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -510,6 +526,68 @@ def _diverged(exp: Experiment, what: str, step: int, last_checkpoint: int | None
       f'Training diverged: {what} by step {step}. {kept}.')
 
 
+@jax.jit
+def _global_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+class _TrainMonitor:
+  """What the loop reports besides the metrics, without syncing more often than it logs.
+
+  At each log step (console, TensorBoard `step/*`): the loss and gradient norm averaged
+  since the epoch began, the learning rate, the parameter norm, images/s and the time
+  the loop waited for input batches. At each epoch end, the epoch's values as `train/*`
+  in metrics.jsonl.
+  """
+
+  def __init__(self, exp: Experiment, writer: writers.MetricWriter, start: int):
+    config, steps_per_epoch = exp.config, exp.pipeline.steps_per_epoch
+    self.writer = writer
+    self.schedule = learning_rate_schedule(config.optimizer, steps_per_epoch,
+                                           config.num_epochs)
+    self.progress = writers.ProgressLogger(exp.total_steps, steps_per_epoch,
+                                           config.batch_size, start_step=start)
+    self.data_wait = 0.0  # seconds blocked on the input pipeline since the last log
+    self.last: dict[str, float] = {}
+    self.start_epoch()
+
+  def start_epoch(self) -> None:
+    self.epoch_start, self.epoch_data_wait = time.perf_counter(), 0.0
+
+  def next_batch(self, iterator):
+    t = time.perf_counter()
+    batch = next(iterator)
+    self.data_wait += time.perf_counter() - t
+    return batch
+
+  def log(self, step: int, sums: dict, params) -> None:
+    scalars = {
+        'loss': sums['loss'] / max(sums['count'], 1),
+        'lr': float(self.schedule(step - 1)),  # the rate of the step just taken
+        'grad_norm': sums['grad_norm'] / max(sums['steps'], 1),
+        'param_norm': float(_global_norm(params)),
+        'data_wait_s': self.data_wait,
+    }
+    throughput = self.progress.log(step, scalars)
+    self.writer.write_step(step, {f'step/{k}': v for k, v in
+                                  {**scalars, **throughput}.items()})
+    self.epoch_data_wait += self.data_wait
+    self.data_wait = 0.0
+    self.last = scalars
+
+  def end_epoch(self, sums: dict) -> dict[str, float]:
+    """The epoch's train/* scalars (call after `log` at the epoch's last step)."""
+    seconds = time.perf_counter() - self.epoch_start
+    scalars = {'train/loss': sums['loss'] / sums['count'],
+               'train/accuracy': sums['correct'] / sums['count'],
+               'train/grad_norm': self.last['grad_norm'],
+               'train/learning_rate': self.last['lr'],
+               'train/param_norm': self.last['param_norm'],
+               'train/images_per_sec': sums['count'] / seconds,
+               'train/data_wait_s': self.epoch_data_wait}
+    return scalars
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   """Trains (resuming from `workdir` if it holds a checkpoint); returns test metrics.
 
@@ -536,8 +614,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   selector = _Selector(config, workdir, pipeline.class_names) if has_val else None
   writer = writers.MetricWriter(workdir, process_index=jax.process_index(),
                                 resume_step=start or None)
-  progress = writers.ProgressLogger(exp.total_steps, steps_per_epoch, config.batch_size,
-                                    start_step=start)
+  monitor = _TrainMonitor(exp, writer, start)
   last_checkpoint = exp.checkpointer.latest_step()
   logging.info('Training %d steps (%d epochs of %d) on %d devices, global batch %d%s.',
                exp.total_steps, config.num_epochs, steps_per_epoch, jax.device_count(),
@@ -549,7 +626,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   step = start
   while step < exp.total_steps and not stopped:
     step += 1
-    batch = parallel.global_batch(next(pipeline.train_iter), exp.mesh)
+    batch = parallel.global_batch(monitor.next_batch(pipeline.train_iter), exp.mesh)
     state = exp.steps.train(state, batch)
     epoch, end_of_epoch = divmod(step, steps_per_epoch)
     end_of_epoch = end_of_epoch == 0
@@ -559,10 +636,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       if config.halt_on_nan and not np.isfinite(sums['loss']):
         raise _diverged(exp, f'the training loss became {sums["loss"]}', step,
                         last_checkpoint)
-      progress.log(step, {'loss': sums['loss'] / max(sums['count'], 1)})
+      monitor.log(step, sums, state.params)
     if end_of_epoch:
-      scalars = {'train/loss': sums['loss'] / sums['count'],
-                 'train/accuracy': sums['correct'] / sums['count']}
+      scalars = monitor.end_epoch(sums)
       if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
         if has_val:
           val = evaluate(exp, state, 'val')
@@ -577,6 +653,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
           logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
       writer.write(step, epoch, scalars)
       state = state.replace(train_sums=parallel.replicate(_zero_sums(), exp.mesh))
+      monitor.start_epoch()  # the epoch's images/s leave out evaluation
       if stopped:
         logging.info('Early stopping after epoch %d: validation %s has not improved for '
                      '%d epochs.', epoch, config.selection.metric,
