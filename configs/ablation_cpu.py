@@ -1,35 +1,13 @@
-r"""The ablation at a REDUCED scale that fits a few CPU cores (results in docs/results.md).
+r"""The paper's Table 2 ablation at a REDUCED scale that fits a 2-core CPU.
 
-Derived from default.py (the paper's setting); the ablation runner lists every field
-that differs in each table caption. Reductions, and why:
-  * 48 x 48 inputs instead of 224 (ResNet-50's last feature map is 2 x 2 instead of
-    7 x 7, as at 64 px, so the SPP levels 4 and 8 repeat cells of a 2 x 2 map: SPP still
-    keeps the spatial layout that global average pooling discards, but much less of it;
-    48 rather than 64 px to keep each table to minutes on a 2-core CPU: 32 train
-    images/s at 48 px, batch 16, docs/benchmarks.md);
-  * 3 epochs instead of 25, batch 16 instead of 32, Adam (lr 1e-3, half an epoch of
-    warm-up, cosine decay) instead of SGD with a constant lr 1e-4: with the paper's
-    N(0, 0.01) head initialization, SGD (even at lr 0.01, cosine) barely moved a
-    randomly initialized ResNet-50 in ~50 steps (test accuracy 0.50, loss 0.69, on the
-    Bohaju sample in a first try); the test set
-    is evaluated once, after the last epoch (the training curves show train loss and
-    accuracy per epoch and the final test point);
-  * ResNet-50 v1.5 (torchvision's layout; ImageNet source 'imagenet_torchvision') instead
-    of the Keras v1: the Keras BatchNorm momentum 0.99 leaves the moving statistics at
-    62% of their initial values after ~50 steps, and the first try's model, at 0.89
-    train accuracy, put every test image in one class (test loss 101); torchvision's
-    momentum 0.9 converges within the run;
-  * two hidden FC layers of 128 instead of 512 (the paper does not state the sizes; the
-    SPP head's first layer still has 81 * 2048 * 128 = 21M weights);
-  * 'paper' protocol: 100 images per class instead of 1500 (`data.split.per_class`), 60
-    test images as in the paper; 'grouped': a random subset of whole duplicate groups with
-    ~100 images per class (`data.split.max_per_class`). The Bohaju sample (316 images)
-    is used whole: its command sets per_class=1500 (capped at the 198 / 118 images
-    there are) and max_per_class=0;
-  * one checkpoint per run, at the end.
-All four variants share every one of these settings; they differ only in pooling
-(`model.pooling`) and initialization (`pretrained.source`), and all get the ImageNet
-weights' input normalization (torchvision: ImageNet mean/std), set by the runner.
+Derived from default.py; the ablation runner lists every field that differs in each
+table caption. The reductions: 48 px inputs (ResNet-50's last map is 2 x 2, so SPP keeps
+little spatial layout), 3 epochs of batch 16, Adam lr 1e-3 with half an epoch of warm-up
+and cosine decay (SGD at the paper's lr 1e-4 does not move a randomly initialized
+ResNet-50 in ~50 steps), ResNet-50 v1.5 (torchvision's BatchNorm momentum 0.9 settles
+within the run; Keras' 0.99 does not), hidden FC layers of 128, 100 images per class
+(`data.split.per_class` / `max_per_class`), one checkpoint at the end. The four variants
+differ only in pooling and initialization, and all use the ImageNet input normalization.
 
 Commands, as run for docs/results.md (2026-11-27, 2-core CPU VM, commit 47d11c6; wall
 time measured):

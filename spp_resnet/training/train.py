@@ -199,10 +199,13 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         })
 
   probs = _probs_fn(graphdef, normalization)
+  replicated = parallel.replicated(mesh)
   return Steps(
-      train=jax.jit(train_step, donate_argnums=0),
+      # The new state is replicated like the old one, so the donated buffers are reused
+      # in place; pinning it keeps a sharding change from silently copying the state.
+      train=jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
       eval=jax.jit(lambda state, batch: probs(inference_weights(state), batch),
-                   out_shardings=parallel.replicated(mesh)))
+                   out_shardings=replicated))
 
 
 def _probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Batch], jax.Array]:
