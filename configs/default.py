@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Paper preprocessing: linear intensity normalization to [0, 1], then contrast
   # stretching between these percentiles, then resize.
   data.contrast_percentiles = (1.0, 99.0)
+  # Not in the paper: crop each slice to the square around the head before resizing, so
+  # a brain fills the frame whatever its source's field of view (preprocess.py).
+  data.crop_foreground = False
   # Input normalization expected by the weights: 'auto' takes it from the pretrained
   # weights (Keras: caffe BGR; torchvision: imagenet mean/std); else 'none', 'imagenet',
   # 'caffe'.

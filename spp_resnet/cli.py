@@ -22,14 +22,26 @@ def configure_logging() -> None:
   logging.get_absl_handler().addFilter(_quiet_orbax)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+  """What the user can fix: a config value, a missing or unusable file (dataset, weights,
+  checkpoint). Imported only once an error is raised: they pull in TFDS and Orbax."""
+  # pylint: disable=g-import-not-at-top
+  from spp_resnet.config_validation import ConfigError
+  from spp_resnet.data.builders import BuildError
+  from spp_resnet.training.checkpoint import CheckpointError
+  from spp_resnet.weights.sources import WeightsError
+  return ConfigError, FileNotFoundError, BuildError, CheckpointError, WeightsError
+
+
 @contextlib.contextmanager
 def exit_on_user_error(*errors: type[Exception]):
-  """A wrong config, a missing file or one of `errors` -> 'error: ...' and exit code 2."""
-  from spp_resnet.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
+  """A user error (`_user_errors`) or one of `errors` -> 'error: ...' and exit code 2."""
   try:
     yield
-  except (ConfigError, FileNotFoundError, *errors) as e:
-    _exit(str(e))
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless a user error
+    if isinstance(e, (*_user_errors(), *errors)):
+      _exit(str(e))
+    raise
 
 
 def _exit(message: str) -> NoReturn:

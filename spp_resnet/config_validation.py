@@ -83,10 +83,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
 
   data = config.data
+  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    pipeline.check_dataset_name(data.dataset)
+  except ValueError as e:
+    raise ConfigError(f'config.data.dataset={data.dataset!r}: {e}') from None
   _require(data.image_size >= 32, 'data.image_size', 'must be >= 32 pixels', data.image_size)
-  lo, hi = data.contrast_percentiles
-  _require(0 <= lo < hi <= 100, 'data.contrast_percentiles',
-           'must be (low, high) with 0 <= low < high <= 100', tuple(data.contrast_percentiles))
+  percentiles = data.contrast_percentiles
+  _require(isinstance(percentiles, (tuple, list)) and len(percentiles) == 2
+           and all(isinstance(p, (int, float)) for p in percentiles)
+           and 0 <= percentiles[0] < percentiles[1] <= 100, 'data.contrast_percentiles',
+           'must be (low, high) with 0 <= low < high <= 100, e.g. (1.0, 99.0)',
+           tuple(percentiles) if isinstance(percentiles, (tuple, list)) else percentiles)
   _choice(config, 'data.normalization', ('auto', 'none', 'imagenet', 'caffe'))
   _choice(config, 'data.split.protocol', ('paper', 'stratified', 'grouped', 'original'))
   split = data.split
@@ -123,7 +131,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.dataset == 'mix':  # the parts must parse before any dataset is built
     from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
     try:
-      mix.parse_mix(data.get('mix', ''))
+      for part in mix.parse_mix(data.get('mix', '')):
+        pipeline.check_dataset_name(part.dataset)
     except ValueError as e:
       raise ConfigError(f"config.data.mix={data.get('mix', '')!r}: {e}") from None
 
@@ -142,7 +151,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'must be positive widths', tuple(model.head_hidden))
   _require(model.head_init_std > 0, 'model.head_init_std', 'must be > 0', model.head_init_std)
 
-  _choice(config, 'pretrained.source', ('', 'imagenet_keras', 'imagenet_torchvision'))
+  from spp_resnet.weights import sources  # pylint: disable=g-import-not-at-top
+  _choice(config, 'pretrained.source', ('', *sources.WEIGHT_SOURCES))
+  if config.pretrained.source in sources.WEIGHT_SOURCES:  # it says which backbones fit
+    from spp_resnet.weights import convert  # pylint: disable=g-import-not-at-top
+    try:
+      convert.check_compatibility(config.pretrained, model)
+    except ValueError as e:  # 'config.model.backbone=...: ...'
+      raise ConfigError(str(e)) from None
 
   opt = config.optimizer
   _choice(config, 'optimizer.name', ('sgd', 'adam'))

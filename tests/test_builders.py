@@ -463,3 +463,122 @@ def test_exif_orientation_is_applied():
   decoded = image_io.decode_image(buffer.getvalue())
   expected = np.asarray(image.transpose(Image.Transpose.ROTATE_270).convert('L'))
   np.testing.assert_array_equal(decoded[..., 0], expected)
+
+
+# ---- Nothing silently wrong: links, empty classes, conflicting labels, tiny images -----
+
+
+def _noise_png(path: Path, seed: int, size: int = 40):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(_png(np.random.default_rng(seed).integers(0, 256, (size, size),
+                                                             np.uint8)))
+
+
+def test_links_are_followed_but_nothing_is_read_twice(tmp_path):
+  root = tmp_path / 'folder'
+  for k in range(3):
+    _noise_png(root / 'a' / f'{k}.png', k)
+    _noise_png(root / 'b' / f'{k}.png', 10 + k)
+  (root / 'a' / 'loop').symlink_to('..')  # grew a class 40-fold before
+  (root / 'b' / 'self').symlink_to('.')
+  (root / 'b' / 'also_0.png').symlink_to('../a/0.png')  # one file, reached twice
+  (root / 'a' / '00.png').symlink_to('../b/0.png')  # walked first, but the link loses
+  outside = tmp_path / 'outside'
+  _noise_png(outside / 'x.png', 20)
+  (root / 'b' / 'more').symlink_to(outside)  # a link elsewhere: followed
+  loaded = builders.load('image_folder', data_dir=str(tmp_path / 'data'),
+                         manual_dir=str(root))
+  meta = builders.read_metadata(loaded.sources['train'])
+  assert sorted(meta['filename']) == ['a/0.png', 'a/1.png', 'a/2.png', 'b/0.png',
+                                      'b/1.png', 'b/2.png', 'b/more/x.png']
+  report = loaded.build_report
+  repeated = {r['file']: r['reason'] for r in report['repeated_paths']}
+  assert repeated == {
+      'a/loop': "a link to '.', a folder that contains it: not followed",
+      'b/self': "a link to 'b', a folder that contains it: not followed",
+      'b/also_0.png': "the same file as 'a/0.png' (a link): read once, as that",
+      'a/00.png': "the same file as 'b/0.png' (a link): read once, as that"}
+  assert report['num_repeated_paths'] == 4
+
+
+def test_an_empty_class_folder_stops_the_build(tmp_path, caplog):
+  root = tmp_path / 'folder'
+  _noise_png(root / 'tumor' / 'x.png', 0)
+  (root / 'no_tumor').mkdir()
+  with pytest.raises(builders.BuildError,
+                     match="^image_folder: no file in the class folder for class "
+                           "'no_tumor': add its images, or build with "
+                           "allow_empty_classes=True$"):
+    builders.load('image_folder', data_dir=str(tmp_path / 'data'), manual_dir=str(root))
+  # A class whose files are all unusable: refused once they are decoded.
+  (root / 'no_tumor' / 'broken.png').write_bytes(b'not a png')
+  with pytest.raises(builders.BuildError, match=r"no usable image for class 'no_tumor'.*"
+                                                r"no_tumor/broken\.png: not a recognized"):
+    builders.load('image_folder', data_dir=str(tmp_path / 'data'), manual_dir=str(root))
+  loaded = builders.load('image_folder', data_dir=str(tmp_path / 'data'),
+                         manual_dir=str(root), allow_empty_classes=True)
+  assert loaded.class_names == ['no_tumor', 'tumor']
+  assert loaded.build_report['empty_classes'] == ['no_tumor']
+  assert '1 empty classes' in caplog.text
+
+
+def _bohaju_copy(root: Path, rows: list[str]) -> Path:
+  for number in range(1, 5):
+    _noise_png(root / 'Brain Tumor' / f'Image{number}.png', number)
+  (root / 'Brain Tumor.csv').write_text('Image,Class,Mean\n' + '\n'.join(rows) + '\n')
+  return root
+
+
+def test_a_conflicting_csv_label_leaves_the_image_out(tmp_path, caplog):
+  manual = _bohaju_copy(tmp_path / 'manual', [
+      'Image1,0,1.0', 'Image2,1,1.0', 'Image3,0,1.0', 'Image4,1,1.0',
+      'Image3,1,1.0',   # the same image with the other class: which one is right?
+      'Image4,1,1.0'])  # a repeated row that agrees: harmless
+  loaded = builders.load('brain_tumor', data_dir=str(tmp_path / 'data'),
+                         manual_dir=str(manual))
+  meta = builders.read_metadata(loaded.sources['train'])
+  labels = dict(zip(meta['filename'], meta['label']))
+  assert labels == {'Brain Tumor/Image1.png': 0, 'Brain Tumor/Image2.png': 1,
+                    'Brain Tumor/Image4.png': 1}
+  report = loaded.build_report
+  assert report['conflicting_csv_rows'] == ['Image3: class 0 (line 4) and class 1 (line 6)']
+  assert report['skipped'] == [{
+      'file': 'Brain Tumor/Image3.png', 'split': 'train',
+      'reason': 'Brain Tumor.csv gives it class 0 (line 4) and class 1 (line 6): left out'}]
+  assert 'Image3: class 0 (line 4) and class 1 (line 6)' in caplog.text
+  with pytest.raises(builders.BuildError, match=r"Image3\.png.*class 0 \(line 4\) and "):
+    builders.load('brain_tumor', data_dir=str(tmp_path / 'strict'),
+                  manual_dir=str(manual), strict=True)
+
+
+def test_degenerate_images_are_reported(tmp_path, caplog):
+  root = tmp_path / 'folder'
+  _noise_png(root / 'a' / 'ok.png', 0)
+  (root / 'a' / 'dot.png').write_bytes(_png(np.full((1, 1), 200, np.uint8)))
+  (root / 'b' / 'black.png').parent.mkdir(parents=True)
+  (root / 'b' / 'black.png').write_bytes(_png(np.zeros((64, 64), np.uint8)))
+  loaded = builders.load('image_folder', data_dir=str(tmp_path / 'data'),
+                         manual_dir=str(root))
+  assert len(loaded.sources['train']) == 3  # kept: flagged, not dropped
+  report = loaded.build_report
+  assert report['degenerate_images'] == [
+      {'file': 'a/dot.png', 'reason': '1x1 pixels, smaller than 32 on a side',
+       'split': 'train'},
+      {'file': 'b/black.png', 'reason': 'constant image (every pixel is 0)',
+       'split': 'train'}]
+  assert '2 degenerate images (listed in build_report.json)' in caplog.text
+
+
+def test_an_image_in_a_nested_folder_takes_its_class_folders_class(tmp_path, caplog):
+  root = tmp_path / 'folder'
+  _noise_png(root / 'no_tumor' / 'x.png', 0)
+  _noise_png(root / 'tumor' / 'y.png', 1)
+  _noise_png(root / 'tumor' / 'no_tumor' / 'z.png', 2)
+  loaded = builders.load('image_folder', data_dir=str(tmp_path / 'data'),
+                         manual_dir=str(root))
+  meta = builders.read_metadata(loaded.sources['train'])
+  names = loaded.class_names
+  assert {f: names[l] for f, l in zip(meta['filename'], meta['label'])} == {
+      'no_tumor/x.png': 'no_tumor', 'tumor/y.png': 'tumor', 'tumor/no_tumor/z.png': 'tumor'}
+  assert loaded.build_report['nested_folders'] == {'tumor/no_tumor': 'tumor'}
+  assert "named like another class take their class folder's class: " in caplog.text

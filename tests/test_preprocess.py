@@ -181,3 +181,35 @@ def test_augment_table_matches_definition():
         ref = augment._apply_reference(image, k, bool(h), bool(v))
         np.testing.assert_array_equal(augment._canonical(*table[k * 4 + h * 2 + v], image),
                                       ref)
+
+
+def test_foreground_square_frames_the_head_and_ignores_burnt_in_labels():
+  from spp_resnet.data.preprocess import foreground_square
+  yy, xx = np.mgrid[:200, :300]
+  head = ((yy - 90) ** 2 + (xx - 200) ** 2 <= 40 ** 2).astype(np.float32)  # 81 px wide
+  image = head.copy()
+  image[2:5, 2:5] = 1.0  # a scanner label in the corner: 9 pixels
+  crop = foreground_square(image, margin=0.05)
+  assert crop.shape[0] == crop.shape[1] and 81 <= crop.shape[0] <= 81 * 1.1 + 2
+  assert crop.sum() == head.sum()  # the whole head, and nothing of the label
+  # centred: the same head mass on each side
+  half = crop.shape[0] // 2
+  assert abs(crop[:, :half].sum() - crop[:, -half:].sum()) <= 0.02 * head.sum()
+  # A head that reaches the border is zero-padded to a square, never cut.
+  edge = np.zeros((100, 100), np.float32)
+  edge[:, :60] = 1.0
+  crop = foreground_square(edge, margin=0.0)
+  assert crop.shape[0] == crop.shape[1] and crop.sum() == edge.sum()
+  # Nearly empty images are left alone.
+  empty = np.zeros((50, 50), np.float32)
+  empty[0, 0] = 1.0
+  assert foreground_square(empty) is empty
+
+
+def test_crop_foreground_makes_a_small_head_fill_the_frame():
+  yy, xx = np.mgrid[:240, :240]
+  small = (((yy - 120) ** 2 + (xx - 120) ** 2) <= 30 ** 2) * 200
+  plain = preprocess.preprocess_image(small.astype(np.uint8), 32)
+  cropped = preprocess.preprocess_image(small.astype(np.uint8), 32, crop_foreground=True)
+  assert (plain > 127).mean() < 0.06  # the head covers ~5% of the frame
+  assert (cropped > 127).mean() > 0.6  # ~ pi / 4 / 1.1^2 of the frame

@@ -17,6 +17,9 @@ The canonical form of every image in this project is a single-channel array of s
 Anything that does not decode (empty, truncated, corrupt, not an image, a Git LFS
 pointer file instead of the real content) raises `ImageDecodeError` with a short
 human-readable reason, which the dataset builders report or, in strict mode, raise.
+Images that decode but carry (almost) nothing to learn from, smaller than `MIN_SIDE`
+pixels on a side or of one constant value (`degenerate_reason`), are kept and flagged:
+the builders list them in the build report.
 
 The `*_task` functions are the units of work of the builders' process pool: they take
 bytes or a path and return the PNG to store plus the hashes, or the reason for skipping.
@@ -43,6 +46,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from spp_resnet.data import hashing
 
 LFS_POINTER_PREFIX = b'version https://git-lfs'
+# Smaller than the smallest model input (config.data.image_size >= 32): upscaling would
+# invent nearly every pixel, and a 1x1 image becomes a constant (all-black) one.
+MIN_SIDE = 32
 PNG_COMPRESS_LEVEL = 1  # ~4x faster to write than PIL's default 6, ~15% larger files
 
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
@@ -192,13 +198,26 @@ def phash_hex(pixels: np.ndarray) -> str:
   return f'{hashing.perceptual_hash(pixels):016x}'
 
 
+def degenerate_reason(pixels: np.ndarray) -> str | None:
+  """Why a decoded (H, W, 1) image is useless to train or test on, or None if it is not."""
+  height, width = pixels.shape[:2]
+  if min(height, width) < MIN_SIDE:
+    return f'{height}x{width} pixels, smaller than {MIN_SIDE} on a side'
+  if pixels.min() == pixels.max():  # min-max normalization makes it all black
+    return f'constant image (every pixel is {pixels.flat[0]})'
+  return None
+
+
 def _hashed(pixels: np.ndarray) -> dict[str, Any]:
-  return {
+  result = {
       'png': encode_png(pixels),
       'sha256': hashing.content_hash(pixels),
       'phash': phash_hex(pixels),
       'shape': tuple(pixels.shape),
   }
+  if reason := degenerate_reason(pixels):
+    result['degenerate'] = reason
+  return result
 
 
 def _read(source: str | bytes | OSError) -> bytes:
@@ -212,7 +231,8 @@ def _read(source: str | bytes | OSError) -> bytes:
 
 # ---- Units of work of the builders' process pool -----------------------------------
 # Each takes (name, path-or-bytes, options) and returns a dict with either 'error'
-# (the reason, a str) or the encoded example parts.
+# (the reason, a str) or the encoded example parts (and 'degenerate', a reason, when
+# `degenerate_reason` has one).
 
 
 def image_task(task: tuple[str, str | bytes, dict[str, Any]]) -> dict[str, Any]:

@@ -38,7 +38,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
+import psutil
 
+from spp_resnet.config_validation import ConfigError
 from spp_resnet.data import phantom
 from spp_resnet.data import preprocess
 from spp_resnet.data import splits as splits_lib
@@ -59,6 +61,17 @@ def load_dataset(name: str, *, data_dir: str = '', manual_dir: str = '', mix: st
     return mix_lib.load(mix, data_dir=data_dir)
   from spp_resnet.data import builders  # pylint: disable=g-import-not-at-top  # TFDS: slow
   return builders.load(name, data_dir=data_dir, manual_dir=manual_dir)
+
+
+def check_dataset_name(name: str) -> None:
+  """ValueError, naming the known datasets, for a name `load_dataset` does not know."""
+  if name == 'phantom' or name.startswith('phantom/'):
+    phantom.parse_name(name)
+    return
+  from spp_resnet.data import builders  # pylint: disable=g-import-not-at-top
+  if name != 'mix' and name not in builders.names():
+    raise ValueError(f'unknown dataset {name!r}; known: {", ".join(builders.names())}, '
+                     "mix, phantom (or 'phantom/size=64,train=200,...')")
 
 
 def read_metadata(source) -> dict[str, np.ndarray]:
@@ -138,9 +151,18 @@ class Preprocessor:
   """record -> uint8 [S,S,1] (picklable, for grain worker processes)."""
   image_size: int
   contrast_percentiles: tuple[float, float]
+  crop_foreground: bool = False
+
+  @classmethod
+  def from_config(cls, data_config) -> 'Preprocessor':
+    """The preprocessing of `config.data` (runs saved before a field existed: its default)."""
+    return cls(int(data_config.image_size),
+               tuple(float(p) for p in data_config.contrast_percentiles),
+               bool(data_config.get('crop_foreground', False)))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    return preprocess.preprocess_image(image, self.image_size, self.contrast_percentiles)
+    return preprocess.preprocess_image(image, self.image_size, self.contrast_percentiles,
+                                       self.crop_foreground)
 
 
 def _num_threads() -> int:
@@ -188,6 +210,25 @@ def preprocess_split(source, indices: np.ndarray, prep: Preprocessor, *,
   if hasattr(it, 'close'):
     it.close()
   return images, labels
+
+
+def check_memory(data_config, num_images: int, global_batch_size: int) -> None:
+  """Refuses, before anything is allocated, an image size whose preprocessed images do not
+  fit in this host's available memory: every split's with `data.cache`, else a batch's.
+
+  ConfigError naming data.image_size and data.cache, with the estimate and what is free.
+  """
+  size = int(data_config.image_size)
+  held = num_images if data_config.cache else global_batch_size
+  need = held * size * size  # uint8, one channel
+  available = psutil.virtual_memory().available
+  if need > available:
+    what = (f'caching the {num_images} images of the splits (data.cache=True)'
+            if data_config.cache else f'one batch of {held} images (data.cache=False)')
+    raise ConfigError(
+        f'config.data.image_size={size}: {what} needs {need / 2**30:,.1f} GiB of memory, '
+        f'{available / 2**30:,.1f} GiB is available: lower data.image_size'
+        + (' or set data.cache=False' if data_config.cache else ''))
 
 
 # ---- Batch functions ---------------------------------------------------------------------
@@ -368,7 +409,18 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
   normalization = preprocess.resolve_normalization(data_config.normalization,
                                                    pretrained_source)
   pooled = pooled_from_config(data_config)
-  split_indices = splits_lib.make_splits(pooled.metadata, data_config.split)
+  try:
+    split_indices = splits_lib.make_splits(pooled.metadata, data_config.split)
+  except splits_lib.SplitError as e:
+    raise ConfigError(f'config.data.split.{e.field}={e.value!r}: {e} (dataset '
+                      f'{data_config.dataset!r}: {len(pooled.source)} images)') from None
+  num_train = len(split_indices['train'])
+  if num_train < global_batch_size:
+    raise ConfigError(
+        f'config.batch_size={global_batch_size}: the train split of '
+        f'{data_config.dataset!r} ({data_config.split.protocol}) has {num_train} images, '
+        'fewer than one batch')
+  check_memory(data_config, sum(map(len, split_indices.values())), global_batch_size)
   logging.info('Dataset %s (%d records), split %s: %s', data_config.dataset,
                len(pooled.source), data_config.split.protocol,
                splits_lib.describe(pooled.metadata, split_indices, pooled.class_names))
@@ -380,8 +432,7 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
         near_duplicate_threshold=int(data_config.split.near_duplicate_threshold))['summary']
     logging.info('Train/test leakage of this split: %s', leakage)
 
-  prep = Preprocessor(int(data_config.image_size),
-                      tuple(float(p) for p in data_config.contrast_percentiles))
+  prep = Preprocessor.from_config(data_config)
   num_workers = int(data_config.num_workers)
   prefetch = max(0, int(data_config.prefetch_buffer))  # batches; 0 = synchronous
   caches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -398,7 +449,6 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
       return _CachedBatch(*caches[split])
     return _DecodedBatch(_LoadRecord(pooled.source, split_indices[split], prep))
 
-  num_train = len(split_indices['train'])
   train_ds = train_dataset(num_train, batch_fn('train'), global_batch_size=global_batch_size,
                            seed=seed, process_index=process_index,
                            process_count=process_count)

@@ -33,6 +33,10 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 def resolve_normalization(normalization: str, pretrained_source: str = '') -> str:
   """'auto' -> the normalization the pretrained weights were trained with."""
   if normalization == 'auto':
+    if pretrained_source == 'ssl':
+      # Self-supervised backbones are pretrained from scratch on this project's input
+      # ('auto' there is 'none'); training.ssl.load_ssl_backbone checks it.
+      return 'none'
     from spp_resnet.weights import sources  # pylint: disable=g-import-not-at-top
     try:
       return sources.normalization_for_source('' if pretrained_source == 'none'
@@ -95,9 +99,35 @@ def intensity_window(image: np.ndarray,
   return float(lo), float(hi)
 
 
+def foreground_square(x: np.ndarray, threshold: float = 0.1,
+                      margin: float = 0.05) -> np.ndarray:
+  """The smallest square around the head in `x` ([0, 1] intensities), zero-padded.
+
+  Foreground: pixels above `threshold`; its extent is taken between the 0.5th and
+  99.5th percentiles of their coordinates, so burnt-in labels and stray bright pixels
+  do not widen it. `margin`: a fraction of the side added on every edge. An image with
+  almost no foreground (< 1%) is returned unchanged.
+  """
+  ys, xs = np.nonzero(x > threshold)
+  if len(ys) < 0.01 * x.size:
+    return x
+  (y0, y1), (x0, x1) = (np.percentile(c, (0.5, 99.5)) for c in (ys, xs))
+  side = max(y1 - y0, x1 - x0) * (1.0 + 2.0 * margin) + 1.0
+  top, left = (int(round((a + b - side) / 2.0)) for a, b in ((y0, y1), (x0, x1)))
+  side = int(round(side))
+  pad = max(0, -top, -left, top + side - x.shape[0], left + side - x.shape[1])
+  x = np.pad(x, pad) if pad else x
+  return x[top + pad:top + pad + side, left + pad:left + pad + side]
+
+
 def preprocess_image(image: np.ndarray, image_size: int,
-                     contrast_percentiles: Sequence[float] = (0.0, 100.0)) -> np.ndarray:
-  """HxW[x1] uint8/uint16 (any real dtype) image -> uint8 [S, S, 1]; see module docstring."""
+                     contrast_percentiles: Sequence[float] = (0.0, 100.0),
+                     crop_foreground: bool = False) -> np.ndarray:
+  """HxW[x1] uint8/uint16 (any real dtype) image -> uint8 [S, S, 1]; see module docstring.
+
+  `crop_foreground`: crop to the square around the head first (`foreground_square`), so
+  that a brain fills the frame whatever the field of view and border of its source.
+  """
   gray = _to_gray(image)
   lo, hi = intensity_window(gray, contrast_percentiles)
   x = gray.astype(np.float32)
@@ -106,6 +136,8 @@ def preprocess_image(image: np.ndarray, image_size: int,
     np.clip(x, 0.0, 1.0, out=x)
   else:  # constant image
     x = np.zeros_like(x)
+  if crop_foreground:
+    x = np.ascontiguousarray(foreground_square(x))
   if x.shape != (image_size, image_size):
     # PIL's BILINEAR widens its kernel when downsampling (antialiasing) and never
     # overshoots, so the result stays in [0, 1].

@@ -50,6 +50,16 @@ PROTOCOLS = ('original', 'paper', 'stratified', 'grouped')
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 6
 
 
+class SplitError(ValueError):
+  """A split the dataset cannot give; `field` (of config.data.split) and `value` say which
+  setting asks for it."""
+
+  def __init__(self, field: str, value, message: str):
+    super().__init__(message)
+    self.field = field
+    self.value = value
+
+
 # ---- Hashes and groups -------------------------------------------------------------------
 
 def parse_phash(phash) -> np.ndarray:
@@ -180,8 +190,11 @@ def paper_split(labels: np.ndarray, *, per_class: int, num_test: int,
     if per_class > 0 and take < per_class:
       logging.warning("split 'paper': class %s has only %d images, fewer than "
                       'per_class=%d; using all of them.', c, len(idx), per_class)
-    if q > take:
-      raise ValueError(f"split 'paper': class {c} needs {q} test images but has {take}.")
+    if q >= take:  # every class needs test images and training images
+      raise SplitError('num_test', num_test, (
+          f"the 'paper' split holds out {q} test images of class {c}, which has {take}, "
+          'leaving none to train on: lower data.split.num_test, or use '
+          "data.split.protocol='stratified' or 'grouped'"))
     test.append(idx[:q])
     train.append(idx[q:take])
   return _finish(np.concatenate(train), np.concatenate(test))
@@ -292,9 +305,9 @@ def original_split(origin: np.ndarray) -> dict[str, np.ndarray]:
   origin = np.asarray(origin).astype(str)
   present = sorted(set(origin))
   if 'train' not in present or 'test' not in present:
-    raise ValueError(f"split protocol 'original' needs the dataset's own 'train' and "
-                     f"'test' splits; this dataset has {present}. Use 'paper', "
-                     "'stratified' or 'grouped'.")
+    raise SplitError('protocol', 'original', (
+        f"protocol 'original' needs the dataset's own 'train' and 'test' splits; this "
+        f"dataset has {present}: use 'paper', 'stratified' or 'grouped'"))
   idx = np.arange(len(origin))
   return _finish(idx[origin == 'train'], idx[origin == 'test'])
 
@@ -336,11 +349,12 @@ def make_splits(metadata: Mapping[str, np.ndarray], split_config) -> dict[str, n
   val_dataset = str(split_config.get('val_dataset', '') or '')
   if val_dataset:
     if 'dataset' not in metadata:
-      raise ValueError(f"split val_dataset={val_dataset!r} needs a 'mix' dataset.")
+      raise SplitError('val_dataset', val_dataset, "names a part of a 'mix' dataset")
     is_val = np.asarray(metadata['dataset']).astype(str) == val_dataset
     if not is_val.any() or is_val.all():
-      raise ValueError(f'split val_dataset={val_dataset!r} must name one part of the mix '
-                       f'(parts: {sorted(set(np.asarray(metadata["dataset"]).astype(str)))}).')
+      raise SplitError('val_dataset', val_dataset, (
+          'must name one part of the mix, not all of it (parts: '
+          f'{", ".join(sorted(set(np.asarray(metadata["dataset"]).astype(str).tolist())))})'))
     rest = np.nonzero(~is_val)[0]
     split = _protocol_split({k: np.asarray(v)[rest] for k, v in metadata.items()},
                             split_config)

@@ -72,8 +72,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
     raise MappingError('No images left to evaluate after --ignore_classes.')
   restored = restore.restore_for_inference(workdir, step)
   t0 = time.perf_counter()
-  prep = pipeline_lib.Preprocessor(restored.image_size,
-                                   tuple(float(p) for p in config.data.contrast_percentiles))
+  prep = pipeline_lib.Preprocessor.from_config(config.data)
   images, labels = pipeline_lib.preprocess_split(pooled.source, keep, prep)
   logging.info('Preprocessed %d images of %s in %.1f s.', len(keep), dataset,
                time.perf_counter() - t0)

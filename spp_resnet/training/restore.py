@@ -136,8 +136,13 @@ class RestoredModel:
 
   def prepare(self, image: np.ndarray) -> np.ndarray:
     """One 2-D (or HxWxC) image of any dtype -> uint8 [S, S, 1], as in training."""
-    return preprocess.preprocess_image(
-        image, self.image_size, tuple(float(p) for p in self.config.data.contrast_percentiles))
+    return self.preprocessor(image)
+
+  @property
+  def preprocessor(self) -> Any:
+    """The run's host preprocessing (`data.pipeline.Preprocessor`), picklable."""
+    from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # TFDS only when used
+    return pipeline_lib.Preprocessor.from_config(self.config.data)
 
   def probs(self, images: np.ndarray) -> np.ndarray:
     """uint8 [B, S, S, 1] -> float32 class probabilities [B, K] (one compile per B)."""
@@ -177,15 +182,19 @@ def restore_for_inference(workdir: str, step: int | None = None,
   selection = train_lib.load_selection(workdir)
   if selection is not None and step is None:
     state, step = train_lib.restore_best(workdir, abstract)
+    weights = train_lib.inference_weights(state)
     threshold = selection['threshold']
   else:
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=max(1, config.keep_checkpoints))
     try:
-      step = checkpointer.latest_step() if step is None else step
-      if step is None:
+      if checkpointer.latest_step() is None:
         raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}: train first '
                                 '(main.py --mode=train).')
-      state = checkpointer.restore(abstract, step=step)
+      # The weights only: no optimizer state to read, and the train state of other
+      # versions (other running sums) restores too.
+      weights = checkpointer.restore(train_lib.inference_weights(abstract), step=step,
+                                     partial=True)
+      step = checkpointer.restored_step
     finally:
       checkpointer.close()
     selection = None
@@ -194,7 +203,7 @@ def restore_for_inference(workdir: str, step: int | None = None,
     threshold = None
   return RestoredModel(
       workdir=workdir, config=config, class_names=class_names, graphdef=graphdef,
-      weights=train_lib.inference_weights(state), mesh=mesh, normalization=normalization,
+      weights=weights, mesh=mesh, normalization=normalization,
       step=int(step), threshold=threshold, selection=selection,
       _probs=train_lib.make_predict_fn(graphdef, normalization, mesh))
 

@@ -420,13 +420,12 @@ def _improves(value: float, best: dict | None, metric: str) -> bool:
 def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainState, int]:
   """`state` with the weights of WORKDIR's kept (best-on-validation) checkpoint."""
   best = checkpoint_lib.Checkpointer(workdir, keep=keep, name=BEST_CHECKPOINT)
-  step = best.latest_step()
-  if step is None:
+  if best.latest_step() is None:
     best.close()
     raise FileNotFoundError(f'No best checkpoint in {best.directory}.')
-  weights = best.restore(inference_weights(state), step=step)
+  weights = best.restore(inference_weights(state))
   best.close()
-  return state.replace(**weights), step
+  return state.replace(**weights), best.restored_step
 
 
 class _Selector:
@@ -488,19 +487,21 @@ class _Selector:
 # Train.
 
 def _restore_or_init(exp: Experiment, workdir: str) -> TrainState:
-  step = exp.checkpointer.latest_step()
-  if step is None:
+  """The newest readable checkpoint's state (a damaged one is skipped), else the init."""
+  if exp.checkpointer.latest_step() is None:
     return exp.state
-  logging.info('Resuming from the checkpoint at step %d in %s.', step, workdir)
   try:
-    return exp.checkpointer.restore(exp.state, exp.pipeline.train_iter, step)
+    state = exp.checkpointer.restore(exp.state, exp.pipeline.train_iter)
   except ValueError as e:
     if 'tree structures do not match' not in str(e):
       raise
     raise config_validation.ConfigError(
-        f'{workdir}: its checkpoint (step {step}) holds the train state of another '
-        'version of spp_resnet and cannot be resumed; its model can still be evaluated '
+        f'{workdir}: its checkpoint holds the train state of another version of '
+        'spp_resnet and cannot be resumed; its model can still be evaluated '
         '(--mode=eval, predict): train on in a new --workdir.') from e
+  logging.info('Resuming from the checkpoint at step %d in %s.',
+               exp.checkpointer.restored_step, workdir)
+  return state
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -618,7 +619,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   writer = writers.MetricWriter(workdir, process_index=jax.process_index(),
                                 resume_step=start or None)
   monitor = _TrainMonitor(exp, writer, start)
-  last_checkpoint = exp.checkpointer.latest_step()
+  last_checkpoint = exp.checkpointer.restored_step  # None when starting afresh
   logging.info('Training %d steps (%d epochs of %d) on %d devices, global batch %d%s.',
                exp.total_steps, config.num_epochs, steps_per_epoch, jax.device_count(),
                config.batch_size,

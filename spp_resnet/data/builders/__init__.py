@@ -20,7 +20,10 @@ Files are written as ArrayRecord; reading goes through TFDS data sources with th
 images decoded by PIL (`numpy_decoders`): TFDS' own NumPy decoding of uint16 PNGs needs
 OpenCV. Files that cannot be used (empty, truncated, corrupt, not an image, Git LFS
 pointers) are skipped and listed in `build_report.json` next to the prepared data
-(strict=True stops at the first one, naming it).
+(strict=True stops at the first one, naming it). Images that decode but are tiny or
+constant are kept and listed (`degenerate_images`); links are followed, but no folder or
+file twice (`repeated_paths`); an image_folder class without a usable image stops the
+build (allow_empty_classes=True builds it anyway). Each list is also summarized on the console.
 
     loaded = load('brain_tumor_mri/binary', manual_dir='/data/brain_mri')
     train = loaded.sources['train']      # random access: train[i] -> dict of numpy
@@ -49,7 +52,7 @@ from spp_resnet.data.builders.image_folder import ImageFolder, listing_fingerpri
 __all__ = [
     'BUILDERS', 'BrainTumor', 'BrainTumorMri', 'BuildError', 'FigshareBrainTumor',
     'ImageFolder', 'Loaded', 'MissingDataError', 'PilImageDecoder', 'get_builder',
-    'load', 'numpy_decoders', 'read_metadata',
+    'load', 'names', 'numpy_decoders', 'read_metadata',
 ]
 
 BUILDERS = {
@@ -73,8 +76,9 @@ class Loaded:
     class_names: the label names, index = label.
     build_report: the build's JSON report: 'skipped' ([{'file', 'reason', 'split'}]),
       'splits' ({split: {'num_examples', 'per_class'}}), 'num_examples',
-      'num_skipped', and per dataset e.g. 'missing_images' (CSV rows without image).
-      {} if the data was prepared without a report.
+      'num_skipped', per dataset e.g. 'missing_images' (CSV rows without image), and
+      when there are any 'degenerate_images', 'repeated_paths', 'empty_classes' (each
+      with its 'num_'). {} if the data was prepared without a report.
     builder: the TFDS builder (info, data_dir, ...).
   """
   sources: dict[str, Any]
@@ -103,13 +107,18 @@ def numpy_decoders(info: tfds.core.DatasetInfo) -> dict[str, tfds.decode.Decoder
           if isinstance(feature, tfds.features.Image)}
 
 
+def names() -> list[str]:
+  """Every name `load` takes: the builders, and builder/config for each config."""
+  return [name for base, builder in BUILDERS.items()
+          for name in (base, *(f'{base}/{c.name}' for c in builder.BUILDER_CONFIGS))]
+
+
 def _parse_name(name: str) -> tuple[str, str | None]:
+  """'brain_tumor_mri/binary' -> ('brain_tumor_mri', 'binary'); ValueError if unknown."""
+  if name not in names():
+    raise ValueError(f'Unknown dataset {name!r}; known: {", ".join(names())} '
+                     '(image_folder: the folder is the manual dir)')
   base, _, config = name.partition('/')
-  if base not in BUILDERS:
-    raise ValueError(f'Unknown dataset {name!r}; known: {sorted(BUILDERS)} '
-                     "(brain_tumor_mri takes '/four_class' or '/binary')")
-  if config and base == 'image_folder':
-    raise ValueError("image_folder takes no config name: pass manual_dir=<the folder>")
   return base, config or None
 
 
@@ -125,7 +134,8 @@ def get_builder(name: str, *, data_dir: str = '', manual_dir: str = '',
 
 
 def load(name: str, *, data_dir: str = '', manual_dir: str = '', strict: bool = False,
-         num_workers: int | None = None, download: bool = True) -> Loaded:
+         num_workers: int | None = None, download: bool = True,
+         allow_empty_classes: bool = False) -> Loaded:
   """Builds the dataset if it is not prepared yet, then opens its data sources.
 
   Args:
@@ -139,15 +149,20 @@ def load(name: str, *, data_dir: str = '', manual_dir: str = '', strict: bool = 
       skipping it; with already prepared data, fail if its build skipped files.
     num_workers: decoding processes (None: one per CPU, at most 8; 0: in-process).
     download: figshare only: download the archives when manual_dir has none.
+    allow_empty_classes: image_folder only: build even if a class folder has no usable
+      image (other datasets' fixed classes are listed in the report when absent).
 
   Raises:
     MissingDataError: the files are missing; the message says what to download and
       where to put it.
-    BuildError: strict and a file could not be used.
+    BuildError: strict and a file could not be used, or an image_folder class has no
+      usable image.
   """
   kwargs = {'num_workers': num_workers}
   if name.partition('/')[0] == 'figshare_brain_tumor':
     kwargs['download'] = download
+  if name == 'image_folder':
+    kwargs['allow_empty_classes'] = allow_empty_classes
   builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir, strict=strict,
                         **kwargs)
   prepared = builder.data_path.exists()

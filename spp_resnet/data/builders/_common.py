@@ -8,7 +8,7 @@ would encode with TensorFlow), and reading goes through `as_data_source`.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import datetime
 import io
@@ -85,7 +85,7 @@ class Entry:
     return '!/'.join(self.zip_chain)
 
 
-class _ZipReader:
+class ZipReader:
   """Opens (nested) zip archives once and reads members; keeps a few open."""
 
   def __init__(self, keep: int = 2):
@@ -107,6 +107,9 @@ class _ZipReader:
     return archive
 
   def read(self, entry: Entry) -> bytes:
+    if entry.disk_path is not None:
+      with open(entry.disk_path, 'rb') as f:
+        return f.read()
     return self.archive(entry.zip_chain[:-1]).read(entry.zip_chain[-1])
 
   def close(self):
@@ -115,36 +118,86 @@ class _ZipReader:
     self._open.clear()
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+  """What a path leads to, through any links (None: nowhere, or unknown: some network
+  and FUSE file systems give every file inode 0)."""
+  try:
+    stat = os.stat(path)
+  except OSError:
+    return None
+  return (stat.st_dev, stat.st_ino) if stat.st_ino else None
+
+
 def walk_files(root: str | os.PathLike[str], *, into_zips: bool = True,
-               zip_reader: _ZipReader | None = None,
-               problems: list[dict[str, str]] | None = None) -> list[Entry]:
+               zip_reader: ZipReader | None = None,
+               problems: list[dict[str, str]] | None = None,
+               repeats: list[dict[str, str]] | None = None) -> list[Entry]:
   """All files below `root` (sorted), descending into .zip archives if asked.
 
   Hidden files and directories, `__MACOSX` and OS thumbnail files are left out.
   Unreadable zip archives are appended to `problems` ({'file', 'reason'}).
+  Symbolic links are followed, but nothing through them is read twice: a link to a
+  folder that contains it (a loop such as `class/loop -> ..`, which would repeat the
+  tree until the path is too long) is not followed, and a path through a link to a file
+  listed already (or listed without links) is left out. Those left out are appended to
+  `repeats` ({'file', 'reason'}).
   """
   root = os.fspath(root)
+  repeats = repeats if repeats is not None else []
+  # Per folder: the identities of the folders from the root down to it (a loop leads
+  # back to one of them), and whether its path goes through a link.
+  above = {root: frozenset({_identity(root)})}
+  linked = {root: False}
+  files = []  # (relpath, path, what it leads to), in walk order
+  through_link = set()  # relpaths
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    kept = []
+    for name in sorted(d for d in dirnames if not is_ignored_name(d)):
+      path = os.path.join(dirpath, name)
+      identity = _identity(path)
+      if identity is not None and identity in above[dirpath]:
+        repeats.append({'file': _relpath(path, root), 'reason': (
+            f'a link to {_relpath(os.path.realpath(path), os.path.realpath(root))!r}, '
+            'a folder that contains it: not followed')})
+        continue
+      above[path] = above[dirpath] | {identity}
+      linked[path] = linked[dirpath] or os.path.islink(path)
+      kept.append(name)
+    dirnames[:] = kept
+    for name in sorted(filenames):
+      if is_ignored_name(name):
+        continue
+      path = os.path.join(dirpath, name)
+      relpath = _relpath(path, root)
+      files.append((relpath, path, _identity(path) or relpath))  # unknown: unique
+      if linked[dirpath] or os.path.islink(path):
+        through_link.add(relpath)
+  # What a file leads to -> the path listed for it: the first path without links, else
+  # the first through links.
+  listed = {identity: relpath for relpath, _, identity in reversed(files)
+            if relpath not in through_link}
   entries = []
   zips = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not is_ignored_name(d))
-    for filename in sorted(filenames):
-      if is_ignored_name(filename):
-        continue
-      path = os.path.join(dirpath, filename)
-      relpath = os.path.relpath(path, root).replace(os.sep, '/')
-      if into_zips and filename.lower().endswith('.zip'):
-        zips.append((relpath, path))
-      else:
-        entries.append(Entry(relpath=relpath, disk_path=path))
+  for relpath, path, identity in files:
+    if relpath in through_link and listed.setdefault(identity, relpath) != relpath:
+      repeats.append({'file': relpath, 'reason': (
+          f'the same file as {listed[identity]!r} (a link): read once, as that')})
+    elif into_zips and relpath.lower().endswith('.zip'):
+      zips.append((relpath, path))
+    else:
+      entries.append(Entry(relpath=relpath, disk_path=path))
   if zips:
-    reader = zip_reader or _ZipReader()
+    reader = zip_reader or ZipReader()
     for relpath, path in zips:
       _walk_zip(reader, (path,), relpath, entries, problems)
   return entries
 
 
-def _walk_zip(reader: _ZipReader, chain: tuple[str, ...], display: str,
+def _relpath(path: str, root: str) -> str:
+  return os.path.relpath(path, root).replace(os.sep, '/')
+
+
+def _walk_zip(reader: ZipReader, chain: tuple[str, ...], display: str,
               entries: list[Entry], problems: list[dict[str, str]] | None):
   try:
     archive = reader.archive(chain)
@@ -206,16 +259,27 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       skipping it and listing it in the report.
     num_workers: processes that decode and hash images (None: one per CPU, at most
       8; 0 or 1: in-process).
+
+  Besides the skipped files, the report lists what is used but suspect, each list
+  with its count (`num_<list>`) and a console warning: `degenerate_images` (tiny or
+  constant, `image_io.degenerate_reason`), `repeated_paths` (links to what is read
+  already, read once, `walk_files`) and `empty_classes` (classes without a usable
+  image; a build where classes are folders refuses them, `refuses_empty_classes`).
   """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # Whether a class without a usable image stops the build. A class that exists because
+  # a folder does is useless without images (it can be neither learned nor evaluated:
+  # its ROC AUC is undefined); a partial copy of a dataset with fixed classes is fine.
+  refuses_empty_classes = False
 
   def __init__(self, *, strict: bool = False, num_workers: int | None = None,
                **kwargs):
     self._strict = bool(strict)
     self._num_workers = num_workers
     self._report: dict[str, Any] = {}
+    self._zip_reader = ZipReader()
     super().__init__(**kwargs)
     self._original_state.update(strict=self._strict, num_workers=num_workers)
 
@@ -246,6 +310,11 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       item['split'] = split
     self._report['skipped'].append(item)
 
+  def _note(self, key: str, items: list):
+    """Adds to the report's list `key` (and its count `num_<key>`, which is logged)."""
+    self._report.setdefault(key, []).extend(items)
+    self._report[f'num_{key}'] = len(self._report[key])
+
   def _count(self, split: str, label_name: str):
     counts = self._report['splits'].setdefault(
         split, {'num_examples': 0, 'per_class': {}})
@@ -257,17 +326,35 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if split in self._report['splits']:
       return
     skipped = [s for s in self._report['skipped'] if s.get('split') == split]
-    examples = '; '.join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
     raise BuildError(
         f'{self.name}: none of the {num_files} files of split {split!r} could be used'
-        + (f' (e.g. {examples})' if examples else ''))
+        + (f' (e.g. {_listing(skipped, 3, "; ")})' if skipped else ''))
+
+  def _check_classes(self, found: Iterable[str], what: str) -> list[str]:
+    """The classes not in `found`; refused if `refuses_empty_classes`."""
+    found = set(found)
+    empty = [name for name in self.info.features['label'].names if name not in found]
+    if empty and self.refuses_empty_classes:
+      skipped = self._report['skipped']
+      raise BuildError(
+          f'{self.name}: {what} for class {", ".join(map(repr, empty))}: add its images, '
+          'or build with allow_empty_classes=True'
+          + (f' (skipped: {_listing(skipped, 3, "; ")})' if skipped else ''))
+    return empty
 
   def _download_and_prepare(self, dl_manager, download_config, **kwargs):
     manual = download_config.manual_dir or getattr(dl_manager, '_manual_dir', None)
     self._reset_report(os.fspath(manual) if manual else '')
-    super()._download_and_prepare(
-        dl_manager=dl_manager, download_config=download_config, **kwargs)
+    try:
+      super()._download_and_prepare(
+          dl_manager=dl_manager, download_config=download_config, **kwargs)
+    finally:
+      self._zip_reader.close()
     report = self._report
+    empty = self._check_classes((name for split in report['splits'].values()
+                                 for name in split['per_class']), 'no usable image')
+    if empty:
+      self._note('empty_classes', empty)
     report['num_examples'] = sum(s['num_examples'] for s in report['splits'].values())
     report['num_skipped'] = len(report['skipped'])
     # self.data_dir is the temporary directory that becomes the prepared one.
@@ -292,31 +379,79 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         f'Put the files (extracted, or the downloaded .zip archive) anywhere below '
         f'{manual_dir!r}, or pass the folder that holds them as manual_dir.')
 
+  def _find_files(self, root: str, *, into_zips: bool = True) -> list[Entry]:
+    """`walk_files` below `root`: unreadable archives skipped, repeated paths noted."""
+    problems, repeats = [], []
+    entries = walk_files(root, into_zips=into_zips, zip_reader=self._zip_reader,
+                         problems=problems, repeats=repeats)
+    for problem in problems:
+      self._skip(problem['file'], problem['reason'])
+    if repeats:
+      self._note('repeated_paths', repeats)
+    return entries
+
+  def _read(self, entry: Entry) -> bytes:
+    return self._zip_reader.read(entry)
+
   def _workers(self, num_items: int) -> int:
     workers = (image_io.default_num_workers() if self._num_workers is None
                else self._num_workers)
     return workers if num_items >= 64 else 0  # a pool costs ~1 s to start
 
-  def _process(self, fn: Callable[[Any], dict[str, Any]], entries: list[Entry],
-               zip_reader: _ZipReader | None, options: dict[str, Any] | None = None
+  def _process(self, fn: Callable[[Any], dict[str, Any]], entries: Sequence[Entry]
                ) -> Iterator[tuple[Entry, dict[str, Any]]]:
     """Runs an image_io task on each entry (in worker processes), in order."""
-    options = options or {}
 
     def tasks():
       for entry in entries:
         if entry.disk_path is not None:
-          source = entry.disk_path
+          source = entry.disk_path  # read by the worker
         else:
           try:
-            source = zip_reader.read(entry)
+            source = self._read(entry)
           except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
             source = OSError(f'cannot read it from its zip archive: {e}')
-        yield (entry.display, source, options)
+        yield (entry.display, source, {})
 
     results = image_io.ordered_map(fn, tasks(), num_workers=self._workers(len(entries)))
-    for entry, result in zip(entries, results):
-      yield entry, result
+    yield from zip(entries, results)
+
+  def _generate_examples(self, split: str, entries: Sequence[Entry],
+                         label: Callable[[Entry, dict[str, Any]], int], *,
+                         task: Callable[[Any], dict[str, Any]] = image_io.image_task,
+                         extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The examples of a split: each entry decoded by `task`, labelled by
+    `label(entry, result)`; unusable files skipped, degenerate images noted."""
+    label_feature = self.info.features['label']
+    for entry, result in self._process(task, entries):
+      if 'error' in result:
+        self._skip(entry.display, result['error'], split)
+        continue
+      if 'degenerate' in result:
+        self._note('degenerate_images', [
+            {'file': entry.display, 'reason': result['degenerate'], 'split': split}])
+      value = label(entry, result)
+      self._count(split, label_feature.int2str(value))
+      yield entry.relpath, {
+          'image': result['png'],
+          'label': value,
+          'filename': entry.relpath,
+          'patient_id': result.get('patient_id', ''),
+          'sha256': result['sha256'],
+          'phash': result['phash'],
+          **(extra(result) if extra else {}),
+      }
+    self._check_nonempty(split, len(entries))
+
+
+def _listing(items: list, limit: int, separator: str = '\n  ') -> str:
+  """The first `limit` items of a report list ('file: reason'), for a message."""
+  shown = [f"{i['file']}: {i['reason']}" if isinstance(i, dict) else str(i)
+           for i in items[:limit]]
+  if len(items) > limit:
+    shown.append(f'... and {len(items) - limit} more')
+  return separator.join(shown)
 
 
 def _log_report(report: dict[str, Any]):
@@ -325,12 +460,13 @@ def _log_report(report: dict[str, Any]):
   log.info('Built %s: %s', report['dataset'], splits)
   skipped = report['skipped']
   if skipped:
-    listed = '\n  '.join(f"{s['file']}: {s['reason']}" for s in skipped[:_MAX_LISTED])
-    more = f'\n  ... and {len(skipped) - _MAX_LISTED} more' if len(
-        skipped) > _MAX_LISTED else ''
-    log.warning('%s: skipped %d unusable files (listed in %s):\n  %s%s',
-                report['dataset'], len(skipped), REPORT_FILENAME, listed, more)
+    log.warning('%s: skipped %d unusable files (listed in %s):\n  %s',
+                report['dataset'], len(skipped), REPORT_FILENAME,
+                _listing(skipped, _MAX_LISTED))
+  # Every other counted list: ignored files, CSV rows without image, degenerate images...
   for key, value in report.items():
-    if key.startswith('num_') and key not in ('num_examples', 'num_skipped') and value:
-      log.warning('%s: %s = %s (see %s)', report['dataset'], key, value,
-                  REPORT_FILENAME)
+    name = key[len('num_'):]
+    if (key.startswith('num_') and name != 'skipped' and value
+        and isinstance(report.get(name), list)):
+      log.warning('%s: %s %s (listed in %s):\n  %s', report['dataset'], value,
+                  name.replace('_', ' '), REPORT_FILENAME, _listing(report[name], 5))

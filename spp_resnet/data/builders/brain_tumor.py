@@ -5,12 +5,15 @@
 `Brain Tumor/Brain Tumor/ImageN.jpg`. The builder reads the CSV and the `ImageN.*` files
 found anywhere below the manual dir (or inside a .zip of the Kaggle archive there).
 A partial copy builds too: CSV rows without an image are counted and listed in the
-build report (`missing_images`), not fatal. One TFDS split, `train` (the dataset has no
-official split). No patient IDs (`patient_id` is '').
+build report (`missing_images`), not fatal. An image the CSV lists twice with different
+classes is left out (listed in `skipped` and `conflicting_csv_rows`; strict=True stops
+the build instead): neither row can be trusted over the other. One TFDS split, `train`
+(the dataset has no official split). No patient IDs (`patient_id` is '').
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import re
@@ -18,7 +21,6 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from spp_resnet.data import image_io
 from spp_resnet.data.builders import _common
 
 CLASS_NAMES = ['no_tumor', 'tumor']
@@ -54,29 +56,26 @@ class BrainTumor(_common.ReportingBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)
-    zip_reader = _common._ZipReader()  # pylint: disable=protected-access
-    problems = []
-    entries = _common.walk_files(manual_dir, zip_reader=zip_reader, problems=problems)
-    for problem in problems:
-      self._skip(problem['file'], problem['reason'])
+    entries = self._find_files(manual_dir)
     csv_entries = [e for e in entries if e.basename.lower() == CSV_NAME.lower()]
     if not csv_entries:
       raise self._missing(manual_dir, f'no {CSV_NAME!r} (the label file) found')
     csv_entry = _common.dedupe(csv_entries, key=lambda e: 0)[0]
-    rows = self._read_csv(csv_entry, zip_reader)
+    rows, conflicts = self._read_csv(csv_entry)
 
     images = {}
     for entry in _common.dedupe(entries, key=lambda e: e.basename.lower()):
       number = _image_number(entry.basename.rsplit('.', 1)[0])
       if number is not None and entry.suffix in _common.IMAGE_EXTENSIONS:
         images.setdefault(number, entry)
-    if not set(images) & set(rows):
+    if not set(images) & (set(rows) | set(conflicts)):
       raise self._missing(
-          manual_dir, f'found {csv_entry.display!r} but none of its {len(rows)} images '
-          '(ImageN.jpg)')
-    unlabelled = sorted(set(images) - set(rows))
-    for number in unlabelled:
-      self._skip(images[number].display, f'no row for it in {CSV_NAME}', 'train')
+          manual_dir, f'found {csv_entry.display!r} but none of its '
+          f'{len(rows) + len(conflicts)} images (ImageN.jpg)')
+    for number in sorted(set(images) - set(rows)):
+      reason = (f'{CSV_NAME} gives it {conflicts[number]}: left out' if number in conflicts
+                else f'no row for it in {CSV_NAME}')
+      self._skip(images[number].display, reason, 'train')
     missing = sorted(set(rows) - set(images))
     self._report.update(
         csv=csv_entry.display,
@@ -84,50 +83,39 @@ class BrainTumor(_common.ReportingBuilder):
         num_missing_images=len(missing),
         missing_images=[f'Image{n}' for n in missing],
     )
-    labelled = [(images[n], rows[n]) for n in sorted(set(images) & set(rows))]
-    return {'train': self._generate_examples(labelled, zip_reader)}
+    labels = {images[n]: rows[n] for n in sorted(set(images) & set(rows))}
+    return {'train': self._generate_examples('train', list(labels),
+                                             lambda entry, _: labels[entry])}
 
-  def _read_csv(self, entry: _common.Entry, zip_reader) -> dict[int, int]:
-    if entry.disk_path is not None:
-      with open(entry.disk_path, 'rb') as f:
-        data = f.read()
-    else:
-      data = zip_reader.read(entry)
+  def _read_csv(self, entry: _common.Entry) -> tuple[dict[int, int], dict[int, str]]:
+    """({image number: label}, {image number: its conflicting labels}) of the CSV.
+
+    An image listed twice with different classes has no trustworthy label: it is left
+    out (reported), not labelled by whichever row comes last.
+    """
+    data = self._read(entry)
     reader = csv.DictReader(io.StringIO(data.decode('utf-8-sig', errors='replace')))
     fields = {f.strip().lower(): f for f in reader.fieldnames or []}
     if 'image' not in fields or 'class' not in fields:
       raise _common.MissingDataError(
           f"{entry.display!r} has no 'Image' and 'Class' columns "
           f'(columns: {reader.fieldnames}); expected the CSV of {KAGGLE_URL}')
-    rows, bad = {}, []
+    seen, bad = collections.defaultdict(dict), []  # number -> {label: first line}
     for line, row in enumerate(reader, start=2):
       number = _image_number(row[fields['image']] or '')
       label = (row[fields['class']] or '').strip()
       if number is None or label not in ('0', '1'):
         bad.append(f'line {line}: {row[fields["image"]]!r}, class {label!r}')
         continue
-      rows[number] = int(label)
+      seen[number].setdefault(int(label), line)
+    conflicts = {number: ' and '.join(f'class {label} (line {line})'
+                                      for label, line in sorted(by_label.items()))
+                 for number, by_label in seen.items() if len(by_label) > 1}
     self._report['bad_csv_rows'] = bad
     self._report['num_bad_csv_rows'] = len(bad)
-    return rows
-
-  def _generate_examples(self, labelled, zip_reader):
-    entries = [entry for entry, _ in labelled]
-    labels = {entry: label for entry, label in labelled}
-    results = self._process(image_io.image_task, entries, zip_reader,
-                            {'sixteen_bit': 'scale'})
-    for entry, result in results:
-      if 'error' in result:
-        self._skip(entry.display, result['error'], 'train')
-        continue
-      label = labels[entry]
-      self._count('train', CLASS_NAMES[label])
-      yield entry.relpath, {
-          'image': result['png'],
-          'label': label,
-          'filename': entry.relpath,
-          'patient_id': '',
-          'sha256': result['sha256'],
-          'phash': result['phash'],
-      }
-    self._check_nonempty('train', len(entries))
+    if conflicts:
+      self._note('conflicting_csv_rows', [f'Image{number}: {conflicts[number]}'
+                                          for number in sorted(conflicts)])
+    rows = {number: next(iter(by_label)) for number, by_label in seen.items()
+            if number not in conflicts}
+    return rows, conflicts

@@ -20,7 +20,6 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from spp_resnet.data import image_io
 from spp_resnet.data.builders import _common
 
 FOUR_CLASS_NAMES = ['glioma', 'meningioma', 'no_tumor', 'pituitary']
@@ -99,11 +98,7 @@ class BrainTumorMri(_common.ReportingBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)
-    zip_reader = _common._ZipReader()  # pylint: disable=protected-access
-    problems = []
-    entries = _common.walk_files(manual_dir, zip_reader=zip_reader, problems=problems)
-    for problem in problems:
-      self._skip(problem['file'], problem['reason'])
+    entries = self._find_files(manual_dir)
     by_split = {'train': [], 'test': []}
     ignored = []
     for entry in _common.dedupe(entries, key=lambda e: e.relpath):
@@ -123,27 +118,9 @@ class BrainTumorMri(_common.ReportingBuilder):
       absent = sorted(set(FOUR_CLASS_NAMES) - {label for _, label in items})
       if absent:
         self._report.setdefault('missing_classes', {})[split] = absent
-    return {split: self._generate_examples(split, items, zip_reader)
-            for split, items in by_split.items()}
-
-  def _generate_examples(self, split, items, zip_reader):
-    entries = [entry for entry, _ in items]
-    canonical = dict(items)
     config = self.builder_config
-    results = self._process(image_io.image_task, entries, zip_reader,
-                            {'sixteen_bit': 'scale'})
-    for entry, result in results:
-      if 'error' in result:
-        self._skip(entry.display, result['error'], split)
-        continue
-      label = config.label(canonical[entry])
-      self._count(split, config.class_names[label])
-      yield entry.relpath, {
-          'image': result['png'],
-          'label': label,
-          'filename': entry.relpath,
-          'patient_id': '',
-          'sha256': result['sha256'],
-          'phash': result['phash'],
-      }
-    self._check_nonempty(split, len(entries))
+    labels = {entry: config.label(canonical)
+              for items in by_split.values() for entry, canonical in items}
+    return {split: self._generate_examples(split, [entry for entry, _ in items],
+                                           lambda entry, _: labels[entry])
+            for split, items in by_split.items()}

@@ -101,31 +101,30 @@ class FigshareBrainTumor(_common.ReportingBuilder):
   doi={10.1371/journal.pone.0140381}}""",
     )
 
-  def _find_slices(self, root: str, zip_reader) -> list[_common.Entry]:
-    problems = []
-    entries = [e for e in _common.walk_files(root, zip_reader=zip_reader,
-                                             problems=problems)
+  def _find_slices(self, root: str) -> list[_common.Entry]:
+    if not os.path.isdir(root):
+      return []
+    entries = [e for e in self._find_files(root)
                if e.suffix == '.mat' and e.basename.lower() not in _NOT_SLICES]
-    for problem in problems:
-      self._skip(problem['file'], problem['reason'])
     return _common.dedupe(entries, key=lambda e: e.basename.lower())
 
   def _split_generators(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)
-    zip_reader = _common._ZipReader()  # pylint: disable=protected-access
-    entries = (self._find_slices(manual_dir, zip_reader)
-               if os.path.isdir(manual_dir) else [])
+    entries = self._find_slices(manual_dir)
     if not entries:
       download_dir = os.path.join(os.fspath(dl_manager.download_dir), self.name)
       if self._download:
         self._fetch(download_dir, manual_dir)
-      entries = (self._find_slices(download_dir, zip_reader)
-                 if os.path.isdir(download_dir) else [])
+      entries = self._find_slices(download_dir)
       self._report['downloaded_to'] = download_dir
     if not entries:
       raise self._missing(manual_dir, 'no .mat files found')
     self._report['source_files'] = len(entries)
-    return {'train': self._generate_examples(entries, zip_reader)}
+    return {'train': self._generate_examples(
+        'train', entries,
+        lambda _, result: CLASS_NAMES.index(FIGSHARE_LABEL_TO_CLASS[result['label']]),
+        task=image_io.figshare_task,
+        extra=lambda result: {'tumor_mask': result['mask_png']})}
 
   def _fetch(self, download_dir: str, manual_dir: str):
     """Downloads the four archives (verified by SHA-256) into download_dir."""
@@ -157,22 +156,3 @@ class FigshareBrainTumor(_common.ReportingBuilder):
             f'expected {_SHA256[filename]} (for {filename}). Download it by hand from '
             f'{ARTICLE_URL} and put it in the manual dir {manual_dir!r}.')
       shutil.move(partial, path)
-
-  def _generate_examples(self, entries, zip_reader):
-    results = self._process(image_io.figshare_task, entries, zip_reader)
-    for entry, result in results:
-      if 'error' in result:
-        self._skip(entry.display, result['error'], 'train')
-        continue
-      class_name = FIGSHARE_LABEL_TO_CLASS[result['label']]
-      self._count('train', class_name)
-      yield entry.relpath, {
-          'image': result['png'],
-          'tumor_mask': result['mask_png'],
-          'label': CLASS_NAMES.index(class_name),
-          'filename': entry.relpath,
-          'patient_id': result['patient_id'],
-          'sha256': result['sha256'],
-          'phash': result['phash'],
-      }
-    self._check_nonempty('train', len(entries))

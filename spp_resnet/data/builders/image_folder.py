@@ -11,7 +11,11 @@ val/valid/validation/dev -> `validation`. Class names are the class folder names
 sorted (the union over split folders), kept as they are (no renaming).
 Files directly in the root or in a split folder are ignored (listed in the report);
 every non-hidden file inside a class folder is decoded, and those that do not decode
-are skipped and reported. 16-bit images are scaled to uint8 by their own maximum
+are skipped and reported. An image in a sub-folder of a class folder takes the class
+folder's class, however deep and whatever the sub-folder is called
+(root/tumor/no_tumor/x.png is 'tumor'; `nested_folders` in the report lists them).
+A class folder without a usable image stops the build (`allow_empty_classes=True`
+builds it anyway). 16-bit images are scaled to uint8 by their own maximum
 (see `image_io`), so the dataset is uint8 like the Kaggle sets.
 
 The root is the manual dir (`load('image_folder', manual_dir=root)`), or
@@ -31,7 +35,6 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from spp_resnet.data import image_io
 from spp_resnet.data.builders import _common
 
 SPLIT_FOLDERS = {
@@ -93,7 +96,11 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 
 class ImageFolder(_common.ReportingBuilder):
-  """One sub-folder per class (optionally below train/test/... split folders)."""
+  """One sub-folder per class (optionally below train/test/... split folders).
+
+  Extra keyword argument: allow_empty_classes (default False): build even if a class
+  folder has no usable image, instead of refusing to.
+  """
 
   name = 'image_folder'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -101,14 +108,16 @@ class ImageFolder(_common.ReportingBuilder):
   optionally below split folders (train/, test/, validation/).
   """
 
-  def __init__(self, *, root_dir: str | os.PathLike[str] = '', config=None, **kwargs):
+  def __init__(self, *, root_dir: str | os.PathLike[str] = '', config=None,
+               allow_empty_classes: bool = False, **kwargs):
     if config is None or isinstance(config, str):
       if not root_dir:
         raise ValueError('image_folder needs the folder of images: pass root_dir= '
                          "(or manual_dir= to load('image_folder', ...))")
       config = ImageFolderConfig.for_root(root_dir)
+    self.refuses_empty_classes = not allow_empty_classes
     super().__init__(config=config, **kwargs)
-    self._original_state.update(config=config)
+    self._original_state.update(config=config, allow_empty_classes=allow_empty_classes)
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = list(self.builder_config.class_names)
@@ -138,52 +147,54 @@ class ImageFolder(_common.ReportingBuilder):
       raise _common.MissingDataError(
           f'image_folder: {root!r} has no class sub-folders (expected '
           '<root>/<class>/<image> or <root>/<split>/<class>/<image>)')
-    ignored = []
-    by_split = {}
-    for split, folder in config.split_folders:
-      items = []
-      split_root = os.path.join(root, folder) if folder else root
-      for entry in _common.walk_files(split_root, into_zips=False):
-        relpath = f'{folder}/{entry.relpath}' if folder else entry.relpath
-        entry = _common.Entry(relpath=relpath, disk_path=entry.disk_path)
-        parts = entry.parts[1:] if folder else entry.parts
-        if len(parts) < 2:
-          ignored.append(relpath)
-          continue
-        items.append((entry, config.class_names.index(parts[0])))
-      by_split[split] = items
-    if not any(by_split.values()):
+    split_of = {folder: split for split, folder in config.split_folders}
+    flat = '' in split_of  # root/<class>/..., else root/<split>/<class>/...
+    by_split = {split: [] for split in split_of.values()}
+    labels, ignored, nested = {}, [], {}
+    # One walk of the whole root, so that a link between split folders is read once.
+    for entry in self._find_files(root, into_zips=False):
+      split = split_of.get('' if flat else entry.parts[0])
+      parts = entry.parts if flat else entry.parts[1:]
+      if split is None or len(parts) < 2 or parts[0] not in config.class_names:
+        ignored.append(entry.relpath)
+        continue
+      if len(parts) > 2:  # deeper folders belong to their class folder
+        nested['/'.join(entry.parts[:-1])] = parts[0]
+      by_split[split].append(entry)
+      labels[entry] = config.class_names.index(parts[0])
+    if not labels:
       raise _common.MissingDataError(f'image_folder: no files in the class folders of '
                                      f'{root!r}')
+    self._check_classes({config.class_names[label] for label in labels.values()},
+                        'no file in the class folder')
     self._report.update(
         root_dir=root, class_names=list(config.class_names),
         split_folders=dict(config.split_folders),
         num_ignored_files=len(ignored), ignored_files=ignored,
+        nested_folders=nested,
         listing_fingerprint=listing_fingerprint(root))
-    return {split: self._generate_examples(split, items)
-            for split, items in by_split.items()}
+    _log_nested(nested, config.class_names)
+    return {split: self._generate_examples(split, entries,
+                                           lambda entry, _: labels[entry])
+            for split, entries in by_split.items()}
 
-  def _generate_examples(self, split, items):
-    entries = [entry for entry, _ in items]
-    labels = dict(items)
-    names = self.builder_config.class_names
-    results = self._process(image_io.image_task, entries, None,
-                            {'sixteen_bit': 'scale'})
-    for entry, result in results:
-      if 'error' in result:
-        self._skip(entry.display, result['error'], split)
-        continue
-      self._count(split, names[labels[entry]])
-      yield entry.relpath, {
-          'image': result['png'],
-          'label': labels[entry],
-          'filename': entry.relpath,
-          'patient_id': '',
-          'sha256': result['sha256'],
-          'phash': result['phash'],
-      }
-    self._check_nonempty(split, len(entries))
 
+def _log_nested(nested: dict[str, str], class_names) -> None:
+  """Images in sub-folders take their class folder's class: said, and loudly when a
+  sub-folder is named like another class (root/tumor/no_tumor/x.png is 'tumor')."""
+  if not nested:
+    return
+  names = {name.lower() for name in class_names}
+  clashes = {folder: label for folder, label in nested.items()
+             if folder.rsplit('/', 1)[-1].lower() in names - {label.lower()}}
+  shown = ', '.join(f'{folder}/ -> {label!r}'
+                    for folder, label in list((clashes or nested).items())[:3])
+  if clashes:
+    _common.log.warning('image_folder: %d sub-folders named like another class take '
+                        "their class folder's class: %s", len(clashes), shown)
+  else:
+    _common.log.info("image_folder: the images of %d sub-folders take their class "
+                     "folder's class, e.g. %s", len(nested), shown)
 
 
 def listing_fingerprint(root: str) -> str:
