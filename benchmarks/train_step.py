@@ -190,7 +190,9 @@ def format_table(r: dict) -> str:
   rows = [
       ('framework', r['framework']),
       ('config', r['config']),
-      ('backbone', f"{r['backbone']} {r['variant']}"),
+      # The variant is ResNet's stride placement; the other backbones ignore it.
+      ('backbone', r['backbone'] + (f" {r['variant']}" if r['backbone'].startswith('resnet')
+                                    else '')),
       ('pooling', f"{r['pooling']} {r['spp_levels'] if r['pooling'] == 'spp' else ''}"
                   f" + head {r['head_hidden']}"),
       ('params', f"{r['params']:,}"),

@@ -39,7 +39,7 @@ def test_the_last_override_of_a_field_wins():
     ('data.split.num_folds', 1, 'must be 0 (holdout) or >= 2'),
     ('data.split.fold', 3, 'must be in [0, num_folds=3)'),
     ('data.split.test_fraction', 1.0, 'must be in (0, 1)'),
-    ('model.backbone', 'resnet51', "must be one of 'resnet101'"),
+    ('model.backbone', 'resnet51', "must be one of 'alexnet'"),
     ('model.pooling', 'mean', "must be one of 'spp', 'gap'"),
     ('model.spp_levels', (1, 0, 8), 'must be positive integers'),
     ('model.dropout', 1.0, 'must be in [0, 1)'),

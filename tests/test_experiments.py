@@ -8,6 +8,7 @@ on a plain class-per-folder directory of PNG files.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,33 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
   with pytest.raises(ext.MappingError, match=r"Cannot map the dataset's classes \['cats', "):
     ext.evaluate_external(str(run_dir), 'image_folder', manual_dir=str(odd),
                           data_dir=str(tmp / 'tfds'), out=str(tmp / 'odd_out'))
+
+
+def test_table3_rows_per_backbone(tmp_path):
+  """Several backbones (configs/table3.py): a row per backbone and variant, each with its
+  own ImageNet source; LeNet has none, AlexNet's file is missing offline."""
+  from configs import table3
+  config = table3.get_config('cpu')
+  config.ablation_backbones = ('lenet', 'alexnet', 'resnet18')
+  runs = ablation.plan(config, '/w', ablation.VARIANTS, ['paper'], folds=1, seeds=[])
+  by_variant = {r.variant: r.config for r in runs}
+  assert list(by_variant) == ['lenet_spp', 'lenet_spp_tl', 'alexnet_spp', 'alexnet_spp_tl',
+                              'resnet18_spp', 'resnet18_spp_tl']
+  assert [(c.model.backbone, c.model.pooling, c.pretrained.source, c.data.normalization)
+          for c in list(by_variant.values())[:4]] == [
+              ('lenet', 'spp', '', 'none'), ('lenet', 'spp', '', 'none'),
+              ('alexnet', 'spp', '', 'imagenet'),
+              ('alexnet', 'spp', 'imagenet_torchvision', 'imagenet')]
+  workdir = tmp_path / 'work'
+  _run(['spp_resnet.experiments.ablation', '--config=configs/table3.py:cpu',
+        f'--workdir={workdir}', '--protocols=paper', '--folds=1',
+        "--config.ablation_backbones=('lenet','alexnet')",
+        f'--config.pretrained.cache_dir={tmp_path / "weights"}', *TINY], tmp_path)
+  rows = json.loads((workdir / 'results.json').read_text())['protocols']['paper']['variants']
+  assert rows['lenet_spp']['status'] == rows['alexnet_spp']['status'] == 'ok'
+  assert rows['lenet_spp_tl']['status'] == 'not run (no ImageNet weights exist for LeNet-5)'
+  assert rows['alexnet_spp_tl']['status'] == ablation.NOT_RUN_NO_WEIGHTS
+  md = (workdir / 'results.md').read_text()
+  assert re.search(r'\| LeNet-5 \+SPP +\| 0\.9230 ', md)
+  assert re.search(r'\| AlexNet \+SPP\+TL +\| 0\.9050 ', md)
+  assert 'alexnet-owt-7be5be79.pth' in md and "Neamah et al.'s Table 3" in md

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from spp_resnet.models import Classifier, ResNet, spatial_pyramid_pool
-from spp_resnet.models import resnet as resnet_lib
+from spp_resnet.models import ops
 from spp_resnet.models import spp as spp_lib
 
 
@@ -53,8 +53,7 @@ def test_conv_on_maps_smaller_than_the_kernel_is_the_same_convolution(size, kern
   dn = ('NHWC', 'HWIO', 'NHWC')
 
   def ours(x, w):
-    return resnet_lib.conv_general_dilated(x, w, *args, dimension_numbers=dn,
-                                           precision='highest')
+    return ops.conv_general_dilated(x, w, *args, dimension_numbers=dn, precision='highest')
 
   def reference(x, w):
     return jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn,

@@ -290,10 +290,10 @@ def test_truncated_and_wrong_files(files, tmp_path):
     g = f.create_group('block1_conv1')
     g.attrs['weight_names'] = [b'block1_conv1/kernel']
     g.create_dataset('block1_conv1/kernel', data=np.zeros((3, 3, 3, 8), np.float32))
-  with pytest.raises(sources.ArchitectureMismatchError, match='not a Keras ResNet'):
+  with pytest.raises(sources.ArchitectureMismatchError, match='is not VGG-16'):
     convert.convert_file(vgg)
   with pytest.raises(sources.ArchitectureMismatchError, match='ResNet-50.*ResNet-101'):
-    convert.convert_file(files['notop'], depth=101)
+    convert.convert_file(files['notop'], backbone='resnet101')
   # A torch file under the Keras source, and the other way round.
   pth = tmp_path / 'x.pth'
   pth.write_bytes(b'PK\x03\x04' + b'\0' * 100)
@@ -329,7 +329,7 @@ def test_official_table():
        'keras-applications/resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5'),
       ('a7b3fe01876f51b976af0dea6bc144eb', 'https://github.com/fchollet/deep-learning-models/'
        'releases/download/v0.2/resnet50_weights_tf_dim_ordering_tf_kernels.h5')}
-  default = sources.default_file('imagenet_keras', 50)
+  default = sources.default_file('imagenet_keras', 'resnet50')
   assert default.filename == 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'
   assert default.digest == '4d473c1dd8becc155b73f8504c6f6626'
 
@@ -356,3 +356,60 @@ def test_load_pretrained_backbone_and_cli(files, tmp_path, capsys):
   for expected_text in ('ResNet-50 v1', 'keras.applications', '1000 classes', "'caffe'",
                         'shapes verified'):
     assert expected_text in text, (expected_text, text)
+
+
+# ---------------------------------------------------------------------------------------
+# VGG-16 (the paper's Table 3).
+
+VGG_STAGES = {'stem': 'block1_conv2', 'stage1': 'block2_conv2', 'stage2': 'block3_conv3',
+              'stage3': 'block4_conv3', 'stage4': 'block5_conv3'}
+
+
+@pytest.fixture(scope='module')
+def vgg_files(tmp_path_factory):
+  """Random VGG-16 files: notop as keras.applications writes it, and one with the top's
+  layers (flatten, fc1, fc2, predictions) 64 wide instead of 4096 (400 MB of weights)."""
+  d = tmp_path_factory.mktemp('keras_vgg')
+  with fast_init():
+    base = keras.applications.VGG16(weights=None, include_top=False,
+                                    input_shape=(224, 224, 3))
+  x = keras.layers.Flatten(name='flatten')(base.output)
+  x = keras.layers.Dense(64, activation='relu', name='fc1')(x)
+  x = keras.layers.Dense(64, activation='relu', name='fc2')(x)
+  top = keras.Model(base.inputs, keras.layers.Dense(1000, name='predictions')(x))
+  randomize(top, seed=3)
+  return {'notop': write_legacy_h5(base, d / 'vgg16_notop.h5'),
+          'top': write_legacy_h5(top, d / 'vgg16_top.h5'), 'top_model': top}
+
+
+def test_vgg16_files_match_keras(vgg_files):
+  with fast_init():  # Keras' own reader of the notop file is the reference
+    ref_model = keras.applications.VGG16(weights=vgg_files['notop'], include_top=False)
+  probe = keras.Model(ref_model.inputs,
+                      [ref_model.get_layer(n).output for n in VGG_STAGES.values()])
+  x = np.random.default_rng(4).standard_normal((1, 224, 224, 3)).astype(np.float32)
+  with jax.default_matmul_precision('highest'):
+    ref = probe.predict(x, verbose=0)
+    ref_logits = vgg_files['top_model'].predict(x, verbose=0)
+    notop = convert.convert_file(vgg_files['notop'])
+    assert (notop.backbone, notop.variant, notop.head) == ('vgg16', '', None)
+    assert notop.normalization == 'caffe'
+    ours = _stage_outputs(convert.backbone_from_weights(notop), jnp.asarray(x))
+    top = convert.convert_file(vgg_files['top'], backbone='vgg16')
+    _same(notop, top, head=False)
+    logits = convert.imagenet_head(convert.backbone_from_weights(top), top.head,
+                                   ours['stage4'])
+  for name, r in zip(VGG_STAGES, ref):
+    _max_diff(ours[name], r, name)
+  _max_diff(logits, ref_logits, 'logits')
+  with pytest.raises(sources.ArchitectureMismatchError, match='Keras VGG-16 weights.*ResNet-50'):
+    convert.convert_file(vgg_files['notop'], backbone='resnet50')
+
+
+def test_vgg16_official_files():
+  assert sources.default_file('imagenet_keras', 'vgg16').url == (
+      'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/'
+      'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
+  # md5s as keras/src/applications/vgg16.py checks them.
+  assert {f.digest for f in sources.official_files(backbone='vgg16', source='imagenet_keras')
+          } == {'6d6bbae143d832006294945121d1f1fc', '64373286793e3c8b2b4e3219cbf3544b'}

@@ -211,7 +211,7 @@ def _compare(ours, ref, keys):
 def test_logits_and_stages_match_torch(files, depth, batch):
   x = np.random.default_rng(depth).standard_normal((batch, 224, 224, 3)).astype(np.float32)
   ref = torch_reference_outputs(files[depth], depth, x)
-  weights = convert.convert_file(files[depth], depth=depth)
+  weights = convert.convert_file(files[depth], backbone=f'resnet{depth}')
   assert weights.source == 'imagenet_torchvision' and weights.variant == 'v1.5'
   assert weights.normalization == 'imagenet'
   ours = jax_outputs(weights, x)
@@ -309,7 +309,7 @@ def test_truncated_file(files, tmp_path, reader):
 def test_wrong_architecture_and_missing_tensor(files, tmp_path):
   with pytest.raises(sources.ArchitectureMismatchError,
                      match=r"ResNet-18 weights.*ResNet-50.*config.model.backbone='resnet50'"):
-    convert.convert_file(files[18], depth=50)
+    convert.convert_file(files[18], backbone='resnet50')
   sd = torch.load(files[18], weights_only=True)
   missing = collections.OrderedDict((k, v) for k, v in sd.items()
                                     if k != 'layer3.1.bn2.running_var')
@@ -339,7 +339,8 @@ def test_digest_checks(files, tmp_path, monkeypatch):
   # The same file with its true digest in the official table passes, even strictly.
   sha = hashlib.sha256(path.read_bytes()).hexdigest()
   official = sources.OfficialFile(path.name, 'https://example.invalid/' + path.name,
-                                  'imagenet_torchvision', 18, True, 'sha256', sha[:8], 'TEST')
+                                  'imagenet_torchvision', 'resnet18', True, 'sha256', sha[:8],
+                                  'TEST')
   monkeypatch.setattr(sources, 'OFFICIAL_FILES', (official,))
   check = sources.check_digest(path, strict=True)
   assert check.status == 'ok' and check.official == official
@@ -365,9 +366,10 @@ def test_official_table():
   for f in sources.OFFICIAL_FILES:
     if f.source == 'imagenet_torchvision':
       assert f.url == 'https://download.pytorch.org/models/' + f.filename
-      assert f.filename == f'resnet{f.depth}-{f.digest}.pth'
+      assert f.filename.startswith(f.backbone) and f.filename.endswith(f'-{f.digest}.pth')
   for depth in (18, 34, 50, 101, 152):
-    assert sources.default_file('imagenet_torchvision', depth).release == 'IMAGENET1K_V1'
+    assert sources.default_file('imagenet_torchvision',
+                                f'resnet{depth}').release == 'IMAGENET1K_V1'
 
 
 def _no_other_caches(monkeypatch, tmp_path):
@@ -379,20 +381,20 @@ def _no_other_caches(monkeypatch, tmp_path):
 def test_offline_message(tmp_path, monkeypatch, capsys):
   _no_other_caches(monkeypatch, tmp_path)
   url = 'http://127.0.0.1:9/models/resnet18-f37072fd.pth'  # nothing listens on port 9
-  official = sources.OfficialFile('resnet18-f37072fd.pth', url, 'imagenet_torchvision', 18,
-                                  True, 'sha256', 'f37072fd', 'IMAGENET1K_V1', True)
+  official = sources.OfficialFile('resnet18-f37072fd.pth', url, 'imagenet_torchvision',
+                                  'resnet18', True, 'sha256', 'f37072fd', 'IMAGENET1K_V1', True)
   monkeypatch.setattr(sources, 'OFFICIAL_FILES', (official,))
   start = time.time()
   with pytest.raises(sources.WeightsUnavailableError) as e:
-    sources.resolve_weights_file('imagenet_torchvision', 18, cache_dir=str(tmp_path / 'c'),
-                                 timeout=5)
+    sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
+                                 cache_dir=str(tmp_path / 'c'), timeout=5)
   assert time.time() - start < 10
   dest = str(tmp_path / 'c' / 'resnet18-f37072fd.pth')
   assert url in str(e.value) and dest in str(e.value)
   assert url in capsys.readouterr().err
   with pytest.raises(sources.WeightsUnavailableError, match='downloads are disabled'):
-    sources.resolve_weights_file('imagenet_torchvision', 18, cache_dir=str(tmp_path / 'c'),
-                                 download=False)
+    sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
+                                 cache_dir=str(tmp_path / 'c'), download=False)
   assert not list((tmp_path / 'c').glob('*'))  # no partial file left behind
 
 
@@ -411,33 +413,35 @@ def test_download_cache_and_torch_hub_cache(files, tmp_path, monkeypatch):
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
     url = f'http://127.0.0.1:{server.server_address[1]}/{name}'
-    good = sources.OfficialFile(name, url, 'imagenet_torchvision', 18, True, 'sha256',
-                                sha[:8], 'TEST', True)
+    good = sources.OfficialFile(name, url, 'imagenet_torchvision', 'resnet18', True,
+                                'sha256', sha[:8], 'TEST', True)
     monkeypatch.setattr(sources, 'OFFICIAL_FILES', (good,))
     cache = tmp_path / 'cache'
-    path = sources.resolve_weights_file('imagenet_torchvision', 18, cache_dir=str(cache))
+    path = sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
+                                        cache_dir=str(cache))
     assert path == cache / name and path.read_bytes() == data
     (served / name).unlink()  # now only the cache has it
-    assert sources.resolve_weights_file('imagenet_torchvision', 18,
+    assert sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
                                         cache_dir=str(cache)) == path
     # An official file name as config.pretrained.path: looked up in the cache.
-    assert sources.resolve_weights_file('imagenet_torchvision', 18, path=name,
+    assert sources.resolve_weights_file('imagenet_torchvision', 'resnet18', path=name,
                                         cache_dir=str(cache)) == path
     with pytest.raises(sources.WeightsUnavailableError, match='config.pretrained.path'):
-      sources.resolve_weights_file('imagenet_torchvision', 18, path='nope.pth',
+      sources.resolve_weights_file('imagenet_torchvision', 'resnet18', path='nope.pth',
                                    cache_dir=str(cache))
     # A corrupt download is refused and not kept.
     bad = dataclasses_replace(good, digest='00000000')
     (served / name).write_bytes(data)
     monkeypatch.setattr(sources, 'OFFICIAL_FILES', (bad,))
     with pytest.raises(sources.DigestMismatchError, match='not kept'):
-      sources.resolve_weights_file('imagenet_torchvision', 18, cache_dir=str(tmp_path / 'c2'))
+      sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
+                                   cache_dir=str(tmp_path / 'c2'))
     assert not list((tmp_path / 'c2').glob('*'))
     # torch.hub's cache is used when present.
     hub = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
     hub.mkdir(parents=True)
     shutil.copy(path, hub / name)
-    assert sources.resolve_weights_file('imagenet_torchvision', 18,
+    assert sources.resolve_weights_file('imagenet_torchvision', 'resnet18',
                                         cache_dir=str(tmp_path / 'c3')) == hub / name
   finally:
     server.shutdown()

@@ -47,6 +47,16 @@ so are intervals, captions and plots (`report.py`).
 TL variants whose ImageNet weights cannot be found (config.pretrained.path, the cache,
 Keras' or torch.hub's cache, or a download) are reported as
 "not run (no ImageNet weights available)", with the command that runs them.
+
+Several backbones (the paper's Table 3, configs/table3.py): `config.ablation_backbones`
+lists them (`config.model.backbone` is then ignored) and `config.ablation_variants` the
+variants of each (default: all four); every (backbone, variant) is a row, trained in
+WORKDIR/runs/<protocol>/<backbone>_<variant>/. Each backbone's TL rows take
+`config.pretrained.source` when it has weights for that backbone, else the first source
+that has (`weights.sources.sources_for_backbone`); LeNet has none, so its TL rows read
+"not run (no ImageNet weights exist for LeNet-5)". The weights files are looked up in
+`pretrained.cache_dir` and Keras' and torch.hub's caches (`pretrained.path`, one file,
+must stay empty).
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from spp_resnet import cli
 from spp_resnet.experiments import report
 from spp_resnet.experiments import runs as runs_lib
 from spp_resnet.experiments.runs import Run, RunnerError
+from spp_resnet.weights import sources
 
 FLAGS = flags.FLAGS
 
@@ -77,6 +88,15 @@ VARIANT_DESCRIPTIONS = {
 }
 # Neamah et al., Table 2 (ResNet-50 on the Bohaju set, 60 random test slices): accuracy.
 PAPER_ACCURACY = {'basic': 0.924, 'spp': 0.942, 'tl': 0.9812, 'spp_tl': 0.9902}
+# Neamah et al., Table 3: the other backbones, each with SPP and (LeNet has none)
+# ImageNet weights: (its variant here, accuracy, precision, recall, F1, sensitivity,
+# specificity) as printed (recall and sensitivity differ there).
+PAPER_TABLE3 = {
+    'vgg16': ('spp_tl', 0.91, 0.834, 0.903, 0.924, 0.932, 0.9302),
+    'googlenet': ('spp_tl', 0.752, 0.702, 0.732, 0.782, 0.827, 0.8034),
+    'lenet': ('spp', 0.923, 0.896, 0.941, 0.906, 0.9517, 0.9428),
+    'alexnet': ('spp_tl', 0.905, 0.892, 0.91, 0.924, 0.9322, 0.9252),
+}
 PROTOCOL_DESCRIPTIONS = {
     'paper': "the paper's: balanced random subset, fixed number of random test slices "
              '(slice level, not group aware)',
@@ -94,17 +114,39 @@ _MODULE = 'spp_resnet.experiments.ablation'
 # ---------------------------------------------------------------------------------------
 # Planning.
 
-def tl_source(config) -> str:
-  """The ImageNet weights of the TL variants: the config's, else by ResNet variant."""
-  if config.pretrained.source:
-    return config.pretrained.source
-  return 'imagenet_keras' if config.model.variant == 'v1' else 'imagenet_torchvision'
+def tl_source(config, backbone: str = '') -> str:
+  """The ImageNet weights of `backbone`'s TL variants (default: config.model.backbone).
+
+  ResNets: config.pretrained.source, else the source of config.model.variant. Others:
+  config.pretrained.source if it has weights for the backbone, else the first source
+  that has; '' if none has (LeNet).
+  """
+  backbone = backbone or config.model.backbone
+  source = config.pretrained.source
+  if backbone.startswith('resnet'):
+    return source or ('imagenet_keras' if config.model.variant == 'v1'
+                      else 'imagenet_torchvision')
+  if source and sources.source_fits_backbone(source, backbone):
+    return source
+  return next(iter(sources.sources_for_backbone(backbone)), '')
 
 
-def variant_overrides(config, variant: str) -> dict:
-  source = tl_source(config)
+def table_rows(config, variants=VARIANTS) -> dict[str, tuple[str, str]]:
+  """Row name -> (backbone, variant): the variants of config.model.backbone, or of each
+  backbone of `config.ablation_backbones`, named '<backbone>_<variant>' then."""
+  backbones = tuple(config.get('ablation_backbones', ()) or ())
+  variants = [v for v in variants if v in (config.get('ablation_variants', ()) or VARIANTS)]
+  if not backbones:
+    return {v: (config.model.backbone, v) for v in variants}
+  return {f'{b}_{v}': (b, v) for b in backbones for v in variants}
+
+
+def variant_overrides(config, variant: str, backbone: str = '') -> dict:
+  source = tl_source(config, backbone)
   over = {'model.pooling': 'spp' if variant in ('spp', 'spp_tl') else 'gap',
           'pretrained.source': source if variant in ('tl', 'spp_tl') else ''}
+  if backbone:
+    over['model.backbone'] = backbone
   if config.data.normalization == 'auto':
     from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
     over['data.normalization'] = preprocess.resolve_normalization('auto', source)
@@ -113,8 +155,10 @@ def variant_overrides(config, variant: str) -> dict:
 
 def plan(config, workdir: str, variants, protocols, folds: int,
          seeds: list[int]) -> list[Run]:
-  """Runs in WORKDIR/runs/<protocol>/<variant>/<repeat>/, by protocol, variant, repeat."""
-  overrides = {v: variant_overrides(config, v) for v in variants}
+  """Runs in WORKDIR/runs/<protocol>/<row>/<repeat>/, by protocol, row, repeat."""
+  several = bool(config.get('ablation_backbones'))
+  overrides = {row: variant_overrides(config, v, b if several else '')
+               for row, (b, v) in table_rows(config, variants).items()}
   return [run for protocol in protocols
           for run in runs_lib.expand(config, os.path.join(workdir, 'runs', protocol),
                                      overrides, protocol, folds, seeds)]
@@ -123,32 +167,45 @@ def plan(config, workdir: str, variants, protocols, folds: int,
 # ---------------------------------------------------------------------------------------
 # Weights availability.
 
-def find_weights(config, download: bool | None = None) -> tuple[bool, str]:
+def find_weights(config, download: bool | None = None,
+                 backbone: str = '') -> tuple[bool, str]:
   """(True, path) if the TL variants' ImageNet file is found (or downloaded)."""
-  from spp_resnet import weights  # pylint: disable=g-import-not-at-top
-  source = tl_source(config)
-  depth = int(str(config.model.backbone).removeprefix('resnet'))
+  backbone = backbone or config.model.backbone
   try:
-    path = weights.resolve_weights_file(source, depth, path=config.pretrained.path,
+    path = sources.resolve_weights_file(tl_source(config, backbone), backbone,
+                                        path=config.pretrained.path,
                                         cache_dir=config.pretrained.cache_dir,
                                         download=download)
-  except (weights.WeightsUnavailableError, ValueError) as e:
+  except (sources.WeightsUnavailableError, ValueError) as e:
     return False, str(e)
   return True, str(path)
 
 
-def weights_instructions(config) -> str:
-  from spp_resnet import weights  # pylint: disable=g-import-not-at-top
-  source = tl_source(config)
-  depth = int(str(config.model.backbone).removeprefix('resnet'))
-  try:
-    official = weights.sources.default_file(source, depth)
-  except ValueError as e:
-    return str(e)
-  return (f'get `{official.filename}` ({official.algorithm} {official.digest}) from '
-          f'{official.url}, put it in `{config.pretrained.cache_dir}` (or `~/.keras/models`, '
-          '`~/.cache/torch/hub/checkpoints`) or pass '
-          f'`--config.pretrained.path=/path/to/{official.filename}`')
+def weights_instructions(config, backbones=()) -> str:
+  """Which official files the TL rows of `backbones` (default: the config's) need, and
+  where to put them."""
+  from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
+  backbones = list(backbones) or [config.model.backbone]
+  files = []
+  for backbone in backbones:
+    try:
+      official = sources.default_file(tl_source(config, backbone), backbone)
+    except ValueError as e:
+      return str(e)
+    files.append(f'`{official.filename}` ({official.algorithm} {official.digest}) from '
+                 f'{official.url}')
+  if len(files) == 1:
+    return (f'get {files[0]}, put it in `{config.pretrained.cache_dir}` (or '
+            '`~/.keras/models`, `~/.cache/torch/hub/checkpoints`) or pass '
+            f'`--config.pretrained.path=/path/to/{official.filename}`')
+  listed = '; '.join(f'{backbone_label(b)}: {f}' for b, f in zip(backbones, files))
+  return (f'get {listed}; put them in `{config.pretrained.cache_dir}` (or '
+          '`~/.keras/models`, `~/.cache/torch/hub/checkpoints`)')
+
+
+def _not_run_no_source(backbone: str) -> str:
+  from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
+  return f'not run (no ImageNet weights exist for {backbone_label(backbone)})'
 
 
 def command_line(argv: list[str], **replace: str) -> str:
@@ -159,17 +216,39 @@ def command_line(argv: list[str], **replace: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Report.
 
+def paper_accuracy(backbone: str, variant: str, several: bool) -> str:
+  """The paper's accuracy of a row: Table 2 (ResNet-50), Table 3 (its variant only)."""
+  if not several or backbone == 'resnet50':
+    return f'{PAPER_ACCURACY[variant]:.4f}' if variant in PAPER_ACCURACY else ''
+  paper_variant, accuracy, *_ = PAPER_TABLE3.get(backbone, ('', 0.0))
+  return f'{accuracy:.4f}' if variant == paper_variant else ''
+
+
+def paper_table3_markdown() -> str:
+  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
+  header = ['model', 'accuracy', 'precision', 'recall', 'F1', 'sensitivity', 'specificity']
+  rows = [[f'{backbone_label(b)} {VARIANT_LABELS[v]}', *map(str, values)]
+          for b, (v, *values) in PAPER_TABLE3.items()]
+  return metrics_lib.markdown_table(header, rows)
+
 def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dict],
                  not_run: dict[str, str], argv: list[str], title: str,
                  invocation_wall_s: float) -> tuple[str, dict]:
   """results.md text and results.json content."""
   from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
   date = report.now()
   protocols = list(dict.fromkeys(r.protocol for r in runs))
   variants = list(dict.fromkeys(r.variant for r in runs))
-  reductions_list = runs_lib.reductions(config, exclude=VARIANT_FIELDS)
+  rows_of = table_rows(config)
+  labels = {row: f'{backbone_label(b)} {VARIANT_LABELS[v]}' for row, (b, v) in rows_of.items()}
+  several = bool(config.get('ablation_backbones'))
+  reductions_list = runs_lib.reductions(
+      config, exclude=VARIANT_FIELDS + (('model.backbone',) if several else ()))
   device = report.device()
-  md = report.header(f'Ablation: {title}', command_line(argv), config, device, date)
+  md = report.header(f'Ablation: {title}', command_line(argv), config, device, date,
+                     swept=('model.backbone',) if several else ())
   summary = {'title': title, 'command': command_line(argv), 'device': device, 'date': date,
              'config': json.loads(config.to_json_best_effort()),
              'reductions_vs_paper': reductions_list, 'protocols': {}}
@@ -186,8 +265,7 @@ def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dic
     rows, proto_json = [], {'description': PROTOCOL_DESCRIPTIONS.get(protocol, protocol),
                             'repeats': names, 'variants': {}}
     for v in variants:
-      label = f'{config.model.backbone.replace("resnet", "ResNet-")} {VARIANT_LABELS[v]}'
-      paper = f'{PAPER_ACCURACY[v]:.4f}' if v in PAPER_ACCURACY else ''
+      label, paper = labels[v], paper_accuracy(*rows_of[v], several=several)
       res = variant_results[v]
       if not res:
         reason = not_run.get(v, 'not run yet')
@@ -211,7 +289,7 @@ def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dic
                                                           'wall_s': r['wall_s']}
                                             for r in res}}
     plots_made = report.plot_runs(
-        workdir, protocol, variant_results, VARIANT_LABELS,
+        workdir, protocol, variant_results, labels,
         lambda v, repeat, p=protocol: os.path.join(workdir, 'runs', p, v, repeat))
     proto_json['plots'] = [os.path.relpath(p, workdir) for p in plots_made]
     summary['protocols'][protocol] = proto_json
@@ -225,7 +303,9 @@ def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dic
     repeat_text, kfold = report.describe_repeats(names, protocol, config)
     caption = [report.interval_note(repeat_text, kfold, first)
                + ' "paper acc." is Neamah et al.\'s Table 2 (ResNet-50, full Bohaju set, '
-               '224 px, 25 epochs, one random split of 60 test slices).']
+               '224 px, 25 epochs, one random split of 60 test slices)'
+               + (', and Table 3 for the other backbones, each with SPP and, where they '
+                  'exist, ImageNet weights (the table below).' if several else '.')]
     if val_cols:
       caption.append(f'"val. {report.METRIC_LABELS.get(val_metric, val_metric)}": on the '
                      'validation split, of the model the train loop selected by it; the '
@@ -238,12 +318,15 @@ def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dic
     plot_names = ', '.join(f'`{os.path.relpath(p, workdir)}`' for p in plots_made)
     caption.append(f'Plots: {plot_names or "none"}.')
     md += caption
-  for v, reason in not_run.items():
-    if v in ('tl', 'spp_tl'):
-      md += ['', f'**TL rows:** {reason}. To run them: {weights_instructions(config)}, then',
-             '', '```bash', command_line(argv, variants='tl,spp_tl'), '```',
-             'which trains only the TL variants and rebuilds this table with all rows.']
-      break
+  if several:
+    md += ['', "Neamah et al.'s Table 3, for comparison:", '', paper_table3_markdown()]
+  missing = list(dict.fromkeys(rows_of[row][0] for row, reason in not_run.items()
+                               if reason == NOT_RUN_NO_WEIGHTS))  # backbones
+  if missing:
+    md += ['', f'**TL rows:** {NOT_RUN_NO_WEIGHTS}. To run them: '
+           f'{weights_instructions(config, missing)}; then', '',
+           '```bash', command_line(argv, variants='tl,spp_tl'), '```',
+           'which trains only the TL variants and rebuilds this table with all rows.']
   md += ['', report.time_note(total_train_s, invocation_wall_s)]
   summary['train_s_total'] = total_train_s
   summary['not_run'] = not_run
@@ -266,25 +349,39 @@ def run_ablation(config, workdir: str, *, variants, protocols, folds: int,
     if p not in PROTOCOL_DESCRIPTIONS:
       raise AblationError(f'--protocols: unknown {p!r}; choose from '
                           f'{", ".join(PROTOCOL_DESCRIPTIONS)}')
+  several = bool(config.get('ablation_backbones'))
+  if several and config.pretrained.path:
+    raise AblationError(
+        'config.pretrained.path names one weights file, a table over several backbones '
+        'needs one per backbone: put the files into config.pretrained.cache_dir (or Keras\' '
+        'or torch.hub\'s cache) and leave config.pretrained.path empty')
   os.makedirs(workdir, exist_ok=True)
-  # The table always has all four rows; variants not asked for this time are filled in
+  # The table always has all its rows; variants not asked for this time are filled in
   # from earlier invocations in the same workdir when their runs are there.
   all_runs = plan(config, workdir, VARIANTS, protocols, folds, seeds)
+  rows = table_rows(config)
   not_run: dict[str, str] = {}
-  wanted = set(variants)
-  if wanted & {'tl', 'spp_tl'}:
-    ok, message = find_weights(config, download=False if report_only else None)
-    if not ok:
-      logging.warning('ImageNet weights not found, the TL variants are not run:\n%s', message)
-      for v in ('tl', 'spp_tl'):
-        if v in wanted:
-          not_run[v] = NOT_RUN_NO_WEIGHTS
-          wanted.discard(v)
+  wanted = {row for row, (_, v) in rows.items() if v in variants}
+  for backbone in dict.fromkeys(b for row, (b, v) in rows.items()
+                                if row in wanted and v in ('tl', 'spp_tl')):
+    tl_rows = [row for row, (b, v) in rows.items()
+               if b == backbone and v in ('tl', 'spp_tl') and row in wanted]
+    if not tl_source(config, backbone):
+      reason = _not_run_no_source(backbone)
+    else:
+      ok, message = find_weights(config, False if report_only else None, backbone)
+      if ok:
+        continue
+      logging.warning('ImageNet weights not found, the TL variants of %s are not run:\n%s',
+                      backbone, message)
+      reason = NOT_RUN_NO_WEIGHTS
+    not_run.update(dict.fromkeys(tl_rows, reason))
+    wanted.difference_update(tl_rows)
   results = runs_lib.collect(all_runs, trainable=lambda run: run.variant in wanted,
                              report_only=report_only, keep_checkpoints=keep_checkpoints)
-  for v in VARIANTS:
-    if v not in not_run and not any(k[1] == v for k in results):
-      not_run[v] = 'not run (not requested)' if v not in variants else 'not run yet'
+  for row, (_, v) in rows.items():
+    if row not in not_run and not any(k[1] == row for k in results):
+      not_run[row] = 'not run (not requested)' if v not in variants else 'not run yet'
   md, summary = build_report(workdir, config, all_runs, results, not_run, argv,
                              title or config.data.dataset, time.perf_counter() - start)
   report.write(workdir, md, summary)

@@ -33,7 +33,9 @@ REPEAT_FIELDS = ('seed', 'data.split.protocol', 'data.split.fold', 'data.split.n
                  'data.split.seed')
 # Fields that do not change what is trained or measured (where the data and weights are
 # read from, logging, the runners' own bookkeeping).
-IGNORED_FIELDS = config_validation.NON_RESULT_FIELDS + ('sweep_grid', 'paper_best')
+IGNORED_FIELDS = config_validation.NON_RESULT_FIELDS + ('sweep_grid', 'paper_best',
+                                                        'ablation_backbones',
+                                                        'ablation_variants')
 
 
 class RunnerError(ValueError):

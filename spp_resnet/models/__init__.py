@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from spp_resnet.models.alexnet import AlexNet
 from spp_resnet.models.classifier import Classifier
+from spp_resnet.models.googlenet import GoogLeNet
+from spp_resnet.models.layers import Backbone
+from spp_resnet.models.lenet import LeNet5
 from spp_resnet.models.resnet import RESNET_SPECS, ResNet
 from spp_resnet.models.spp import SpatialPyramidPooling, spatial_pyramid_pool
+from spp_resnet.models.vgg import VGG16
 
-BACKBONES: dict[str, Callable[..., nnx.Module]] = {
-    f'resnet{depth}': (lambda depth: lambda **kw: ResNet(depth, **kw))(depth)
-    for depth in RESNET_SPECS
+# Constructors taking (variant=, dtype=, rngs=); each builds a `Backbone`.
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    **{f'resnet{depth}': functools.partial(ResNet, depth) for depth in RESNET_SPECS},
+    'vgg16': VGG16,
+    'vgg16_bn': functools.partial(VGG16, batch_norm=True),
+    'googlenet': GoogLeNet,
+    'alexnet': AlexNet,
+    'lenet': LeNet5,
 }
+# How tables and logs name them.
+BACKBONE_LABELS = {
+    **{f'resnet{depth}': f'ResNet-{depth}' for depth in RESNET_SPECS},
+    'vgg16': 'VGG-16', 'vgg16_bn': 'VGG-16-BN', 'googlenet': 'GoogLeNet',
+    'alexnet': 'AlexNet', 'lenet': 'LeNet-5',
+}
+
+
+def backbone_label(backbone: str) -> str:
+  return BACKBONE_LABELS.get(backbone, backbone)
+
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -39,5 +61,6 @@ def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int,
       dtype=dtype, rngs=rngs)
 
 
-__all__ = ['BACKBONES', 'Classifier', 'ResNet', 'SpatialPyramidPooling', 'create_model',
+__all__ = ['BACKBONES', 'BACKBONE_LABELS', 'AlexNet', 'Backbone', 'Classifier', 'GoogLeNet',
+           'LeNet5', 'ResNet', 'SpatialPyramidPooling', 'VGG16', 'backbone_label', 'create_model',
            'spatial_pyramid_pool']

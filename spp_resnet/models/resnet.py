@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from spp_resnet.models import layers as layers_lib
+from spp_resnet.models import ops
 
 Variant = Literal['v1', 'v1.5']
 
@@ -40,39 +42,6 @@ RESNET_SPECS = {
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
-  """`lax.conv_general_dilated`, but one matmul over patches when the map is tiny.
-
-  XLA's CPU convolution is pathologically slow when the feature map is smaller than the
-  kernel: a 3x3 conv of 512 channels on a 2x2 map (ResNet's last stage at 48-64 px
-  inputs) took 264 ms for a batch of 32, 2.2 s with 1024 channels, against 3.7 ms as
-  patches @ kernel (jax 0.10.2, 2-core CPU; docs/benchmarks.md). Both compute the same
-  convolution; maps at least as large as the kernel (every map at 224 px) take lax's.
-  """
-  height, width = lhs.shape[1:3]
-  kh, kw = rhs.shape[:2]
-  plain = (height >= kh and width >= kw) or feature_group_count != 1 or any(
-      d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-  if plain or isinstance(padding, str):
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-  (pt, pb), (pl, pr) = padding
-  sh, sw = window_strides
-  x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  out_h = (height + pt + pb - kh) // sh + 1
-  out_w = (width + pl + pr - kw) // sw + 1
-  patches = jnp.concatenate(
-      [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
-       for i in range(kh) for j in range(kw)], axis=-1)  # (i, j, channel): HWIO order
-  return jnp.dot(patches, rhs.reshape(kh * kw * rhs.shape[2], rhs.shape[3]),
-                 precision=precision,
-                 preferred_element_type=kwargs.get('preferred_element_type'))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Layers:
   """Conv/BatchNorm factories that carry the variant's conventions and the dtypes."""
@@ -87,7 +56,7 @@ class _Layers:
         padding=((pad, pad), (pad, pad)),
         use_bias=self.variant == 'v1',
         kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-        conv_general_dilated=conv_general_dilated, dtype=self.dtype, rngs=self.rngs)
+        conv_general_dilated=ops.conv_general_dilated, dtype=self.dtype, rngs=self.rngs)
 
   def bn(self, features, zero_scale=False):
     v1 = self.variant == 'v1'
@@ -146,16 +115,20 @@ class Bottleneck(nnx.Module):
     return nnx.relu(x + y)
 
 
-class ResNet(nnx.Module):
-  """ResNet feature extractor: [B, H, W, C] -> [B, H/32, W/32, 512 * expansion]."""
+class ResNet(layers_lib.Backbone):
+  """ResNet feature extractor: [B, H, W, C] -> [B, H/32, W/32, 512 * expansion].
+
+  stem = 7x7 conv + max pool; stage1..stage4 = conv2_x..conv5_x (Keras names).
+  """
 
   def __init__(self, depth: int, variant: Variant = 'v1.5', *, in_channels: int = 3,
                dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
     if depth not in RESNET_SPECS:
       raise ValueError(f'ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}')
-    if variant not in ('v1', 'v1.5'):
+    if variant not in layers_lib.RESNET_VARIANTS:
       raise ValueError(f"ResNet variant must be 'v1' or 'v1.5', got {variant!r}")
     self.depth, self.variant = depth, variant
+    self.arch = f'resnet{depth}'
     spec = RESNET_SPECS[depth]
     block_cls = Bottleneck if spec.block == 'bottleneck' else BasicBlock
     layers = _Layers(variant, dtype, rngs)
@@ -177,24 +150,3 @@ class ResNet(nnx.Module):
     # Zero padding before the max pool (Keras) equals -inf padding (torch): x >= 0.
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     return nnx.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
-
-  def stage_outputs(self, x, *, train: bool,
-                    frozen_stages: int = 0) -> dict[str, jax.Array]:
-    """Activations after the stem and after each stage (for tests and feature reuse).
-
-    `frozen_stages` = k: the first k parts (the stem, then stage1, ...) run BatchNorm in
-    inference mode even when training: frozen layers keep their running statistics (as
-    Keras runs a frozen BatchNorm), instead of normalizing with batch statistics that
-    their fixed weights were never fitted to.
-    """
-    outputs = {'stem': self.stem(x, train=train and frozen_stages < 1)}
-    x = outputs['stem']
-    for i, stage in enumerate(self.stages):
-      stage_train = train and frozen_stages < i + 2
-      for block in stage:
-        x = block(x, train=stage_train)
-      outputs[f'stage{i + 1}'] = x
-    return outputs
-
-  def __call__(self, x, *, train: bool, frozen_stages: int = 0):
-    return self.stage_outputs(x, train=train, frozen_stages=frozen_stages)['stage4']

@@ -1,4 +1,4 @@
-r"""Converting ImageNet weights into our ResNet, caching them as Orbax checkpoints.
+r"""Converting ImageNet weights into our backbones, caching them as Orbax checkpoints.
 
 Library:
   load_pretrained_backbone(model, config.pretrained, config.model) -> normalization name
@@ -10,6 +10,7 @@ Command line (prints what it loaded and verified; writes the Orbax copy into the
 that training uses, or --out):
   python -m spp_resnet.weights.convert resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
   python -m spp_resnet.weights.convert resnet50-0676ba61.pth --check-image cat.jpg
+  python -m spp_resnet.weights.convert --source imagenet_torchvision --backbone googlenet
   python -m spp_resnet.weights.convert --source imagenet_keras      # cache or download
   python -m spp_resnet.weights.convert --list                       # official files
 """
@@ -35,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spp_resnet.models.resnet import ResNet
+from spp_resnet import models
+from spp_resnet.models.layers import Backbone
 from spp_resnet.weights import keras_h5, sources
 from spp_resnet.weights import torchvision as tv
 from spp_resnet.weights.sources import (ArchitectureMismatchError, ConvertedWeights,
@@ -63,12 +65,12 @@ def detect_source(path: str | os.PathLike) -> str:
 
 
 def convert_file(path: str | os.PathLike, *, source: str | None = None,
-                 depth: int | None = None, reader: str = 'auto') -> ConvertedWeights:
-  """Reads and converts a Keras .h5 or torchvision .pth/.safetensors ResNet file.
+                 backbone: str | None = None, reader: str = 'auto') -> ConvertedWeights:
+  """Reads and converts a Keras .h5 or torchvision .pth/.safetensors file.
 
-  depth: the model's depth (None: take the file's); a different depth raises
-  ArchitectureMismatchError. Shapes are checked when the result is assigned to a model
-  (`assign_backbone`, `backbone_from_weights`).
+  backbone: the model's `config.model.backbone` (None: take the file's); another
+  architecture raises ArchitectureMismatchError. Shapes are checked when the result is
+  assigned to a model (`assign_backbone`, `backbone_from_weights`).
   """
   path = str(path)
   if not os.path.isfile(path):
@@ -79,11 +81,11 @@ def convert_file(path: str | os.PathLike, *, source: str | None = None,
     if detect_source(path) != 'imagenet_keras':
       raise CorruptWeightsFileError(f'{path}: not an HDF5 file; imagenet_keras needs the '
                                     'Keras .h5 weights')
-    return keras_h5.convert_file(path, depth=depth)
+    return keras_h5.convert_file(path, backbone=backbone)
   if detect_source(path) == 'imagenet_keras':
     raise CorruptWeightsFileError(f'{path}: an HDF5 (Keras) file, but the source is '
                                   f'{source}; use imagenet_keras')
-  return tv.convert_file(path, depth=depth, reader=reader)
+  return tv.convert_file(path, backbone=backbone, reader=reader)
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,21 +96,20 @@ def _walk(backbone: nnx.Module):
   return list(nnx.to_flat_state(nnx.state(backbone, nnx.Any(nnx.Param, nnx.BatchStat))))
 
 
-def assign_backbone(backbone: nnx.Module, weights: ConvertedWeights) -> None:
-  """Sets every parameter and batch statistic of `backbone` (a ResNet) from `weights`.
+def assign_backbone(backbone: Backbone, weights: ConvertedWeights) -> None:
+  """Sets every parameter and batch statistic of `backbone` from `weights`.
 
   Raises ArchitectureMismatchError naming the file's tensor when a shape differs, a
   variable of the model has no tensor, or a tensor has no place in the model. The values
   keep the model's parameter dtype.
   """
-  if not isinstance(backbone, ResNet):
-    raise ArchitectureMismatchError(f'the backbone is a {type(backbone).__name__}, not a '
-                                    'ResNet; ImageNet weights fit only ResNet backbones')
-  if backbone.variant != weights.variant or backbone.depth != weights.depth:
+  arch = getattr(backbone, 'arch', type(backbone).__name__)
+  variant = getattr(backbone, 'variant', '') if weights.variant else ''  # ResNets only
+  if (arch, variant) != (weights.backbone, weights.variant):
+    model = ' '.join(filter(None, (models.backbone_label(arch), variant)))
     raise ArchitectureMismatchError(
-        f'{weights.file}: {weights.source} weights are ResNet-{weights.depth} '
-        f'{weights.variant}; the model is ResNet-{backbone.depth} {backbone.variant} '
-        f'(config.model.backbone / config.model.variant)')
+        f'{weights.file}: {weights.source} weights are {weights.model_name}; the model is '
+        f'{model} (config.model.backbone / config.model.variant)')
   flat = _walk(backbone)
   paths = {p for p, _ in flat}
   extra = [weights.names.get(p, str(p)) for p in weights.params if p not in paths]
@@ -132,21 +133,32 @@ def assign_backbone(backbone: nnx.Module, weights: ConvertedWeights) -> None:
     var.set_value(jnp.asarray(value, dtype=var.dtype))
 
 
-def backbone_from_weights(weights: ConvertedWeights, *, dtype=None) -> ResNet:
-  """A ResNet holding `weights` (built abstractly, so no random initialization is run)."""
-  model = nnx.eval_shape(lambda: ResNet(weights.depth, weights.variant, dtype=dtype,
-                                        rngs=nnx.Rngs(0)))
+def backbone_from_weights(weights: ConvertedWeights, *, dtype=None) -> Backbone:
+  """A backbone holding `weights` (built abstractly, so no random initialization is run)."""
+  variant = {'variant': weights.variant} if weights.variant else {}
+  model = nnx.eval_shape(lambda: models.BACKBONES[weights.backbone](
+      **variant, dtype=dtype, rngs=nnx.Rngs(0)))
   assign_backbone(model, weights)
   return model
 
 
-def imagenet_logits(backbone: ResNet, head: dict[str, Any], images: jax.Array) -> jax.Array:
-  """ImageNet logits: backbone features, global average pooling, the file's 1000-way FC."""
+def imagenet_logits(backbone: Backbone, head: dict[str, Any], images: jax.Array) -> jax.Array:
+  """ImageNet logits of `images` through the backbone and the file's classifier."""
+  return imagenet_head(backbone, head, backbone(images, train=False))
+
+
+def imagenet_head(backbone: Backbone, head: dict[str, Any], features: jax.Array) -> jax.Array:
+  """The file's classifier on the backbone's last map: its FC layers, ReLU between, on
+  global average pooling or (VGG, AlexNet) on the flattened last pool."""
   if head is None:
     raise ValueError('this weights file has no ImageNet head (a notop file); use the file '
                      'with the 1000-class top')
-  features = backbone(images, train=False).astype(jnp.float32).mean(axis=(1, 2))
-  return features @ jnp.asarray(head['kernel']) + jnp.asarray(head['bias'])
+  h = backbone.imagenet_features(features.astype(jnp.float32))
+  num_hidden = sum(k.endswith('.kernel') for k in head)  # 'hidden0.kernel', ...
+  for i in range(num_hidden):
+    h = jax.nn.relu(h @ jnp.asarray(head[f'hidden{i}.kernel']) +
+                    jnp.asarray(head[f'hidden{i}.bias']))
+  return h @ jnp.asarray(head['kernel']) + jnp.asarray(head['bias'])
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,7 +199,7 @@ def save_converted(weights: ConvertedWeights, directory: str | os.PathLike,
     _checkpointer().save(tmp / _CKPT, tree)
     info = {
         'conversion_version': CONVERSION_VERSION,
-        'source': weights.source, 'depth': weights.depth, 'variant': weights.variant,
+        'source': weights.source, 'backbone': weights.backbone, 'variant': weights.variant,
         'layout': weights.layout, 'file_format': weights.file_format,
         'num_file_tensors': weights.num_file_tensors, 'file': weights.file,
         'normalization': weights.normalization,
@@ -226,7 +238,8 @@ def load_converted(directory: str | os.PathLike) -> ConvertedWeights:
           if k.startswith(_HEAD_PREFIX)} or None
   params = {_path(k): np.asarray(v) for k, v in tree.items() if not k.startswith(_HEAD_PREFIX)}
   names = {_path(k): n for k, n in info.get('names', {}).items()}
-  return ConvertedWeights(params, names, head, info['source'], info['depth'], info['variant'],
+  backbone = info.get('backbone') or f"resnet{info['depth']}"  # older copies: ResNets
+  return ConvertedWeights(params, names, head, info['source'], backbone, info['variant'],
                           info['layout'], info['file_format'], info['num_file_tensors'],
                           info.get('file', str(directory)))
 
@@ -243,28 +256,26 @@ def cache_entry(cache_dir: str | os.PathLike, file: str | os.PathLike,
 # The training loop's entry point.
 
 
-def check_compatibility(pretrained_config, model_config) -> int:
-  """The ResNet depth, after checking config.model fits config.pretrained.source."""
+def check_compatibility(pretrained_config, model_config) -> str:
+  """The backbone, after checking config.model fits config.pretrained.source."""
   source = pretrained_config.source
   spec = sources.get_source(source)
   backbone = model_config.backbone
-  if not backbone.startswith('resnet') or not backbone[len('resnet'):].isdigit():
-    raise ValueError(f'config.model.backbone={backbone!r} cannot take '
-                     f'config.pretrained.source={source!r} (ResNet weights)')
-  depth = int(backbone[len('resnet'):])
-  if depth not in spec.depths:
+  if not sources.source_fits_backbone(source, backbone):
+    others = sources.sources_for_backbone(backbone)
+    hint = (f'{backbone} has weights from {", ".join(map(repr, others))}' if others else
+            f"there are no ImageNet weights for {backbone}: set config.pretrained.source=''")
     raise ValueError(
         f'config.model.backbone={backbone!r} does not fit config.pretrained.source='
-        f'{source!r}: its official weights are for '
-        f'{", ".join(f"resnet{d}" for d in spec.depths)}')
-  if model_config.variant != spec.variant:
+        f'{source!r}: its official weights are for {", ".join(spec.backbones)}; {hint}')
+  if backbone.startswith('resnet') and model_config.variant != spec.variant:
     where = ('stride in the first 1x1 conv, as Keras' if spec.variant == 'v1'
              else 'stride in the 3x3 conv, as torchvision')
     raise ValueError(
         f'config.model.variant={model_config.variant!r} does not fit '
         f'config.pretrained.source={source!r}: those weights are for the {spec.variant} '
         f'ResNet ({where}); set config.model.variant={spec.variant!r}')
-  return depth
+  return backbone
 
 
 def load_pretrained_backbone(model, pretrained_config, model_config, *,
@@ -281,7 +292,7 @@ def load_pretrained_backbone(model, pretrained_config, model_config, *,
   source = pretrained_config.source
   if not source:
     return 'none'
-  depth = check_compatibility(pretrained_config, model_config)
+  backbone_name = check_compatibility(pretrained_config, model_config)
   backbone = model.backbone
   path = pretrained_config.get('path', '') or ''
   cache_dir = pretrained_config.get('cache_dir', '') or sources.DEFAULT_CACHE_DIR
@@ -294,7 +305,7 @@ def load_pretrained_backbone(model, pretrained_config, model_config, *,
     assign_backbone(backbone, weights)
     log.info('Loaded converted %s weights from %s', source, path)
     return weights.normalization
-  file = sources.resolve_weights_file(source, depth, path=path, cache_dir=cache_dir,
+  file = sources.resolve_weights_file(source, backbone_name, path=path, cache_dir=cache_dir,
                                       download=download)
   check = sources.check_digest(file, strict=strict)
   entry = cache_entry(cache_dir, file, check.digests)
@@ -308,7 +319,7 @@ def load_pretrained_backbone(model, pretrained_config, model_config, *,
     assign_backbone(backbone, weights)
     how = f'cached conversion {entry}'
   else:
-    weights = convert_file(file, source=source, depth=depth)
+    weights = convert_file(file, source=source, backbone=backbone_name)
     assign_backbone(backbone, weights)  # checks every shape before anything is cached
     try:
       save_converted(weights, entry, _digest_info(check))
@@ -346,7 +357,7 @@ def _load_image(path: str, convention: sources.InputConvention) -> np.ndarray:
 
 def _print_official() -> None:
   for f in sources.OFFICIAL_FILES:
-    default = f', default for resnet{f.depth}' if f.default else ''
+    default = f', default for {f.backbone}' if f.default else ''
     top = 'with' if f.include_top else 'without'
     print(f'{f.filename}  [{f.source}, {f.release}, {top} the 1000-class head{default}]\n'
           f'    {f.algorithm} {f.digest}  {f.url}')
@@ -355,15 +366,16 @@ def _print_official() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m spp_resnet.weights.convert',
-      description='Convert official ImageNet ResNet weights (Keras .h5, torchvision .pth / '
-                  '.safetensors) into an Orbax checkpoint of the Flax backbone, verifying '
-                  'digests and shapes.')
+      description='Convert official ImageNet weights (Keras .h5, torchvision .pth / '
+                  '.safetensors; ResNet, VGG-16, GoogLeNet, AlexNet) into an Orbax '
+                  'checkpoint of the Flax backbone, verifying digests and shapes.')
   parser.add_argument('file', nargs='?', default='',
                       help='weights file, or an official file name to fetch; omit with '
                            '--source to fetch the default file')
   parser.add_argument('--source', choices=sorted(sources.WEIGHT_SOURCES),
                       help='default: from the file format (HDF5: Keras, else torchvision)')
-  parser.add_argument('--backbone', default='', help="e.g. resnet50 (default: the file's)")
+  parser.add_argument('--backbone', default='', choices=['', *models.BACKBONES],
+                      help="e.g. resnet50, vgg16 (default: the file's; resnet50 to fetch)")
   parser.add_argument('--cache-dir', default=sources.DEFAULT_CACHE_DIR,
                       help='cache of downloads and conversions (config.pretrained.cache_dir)')
   parser.add_argument('--out', default='',
@@ -382,7 +394,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if not args.file and not args.source:
     parser.error('give a weights file, or --source to fetch the default one')
-  depth = int(args.backbone[len('resnet'):]) if args.backbone else None
   try:
     if args.file and os.path.isfile(args.file):
       file = pathlib.Path(args.file)
@@ -393,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       if source is None:
         parser.error(f'{args.file}: no such file')
       file = sources.resolve_weights_file(
-          source, depth or 50, path=args.file, cache_dir=args.cache_dir,
+          source, args.backbone or 'resnet50', path=args.file, cache_dir=args.cache_dir,
           download=False if args.no_download else None)
     print(f'file:      {file} ({os.path.getsize(file):,} bytes)')
     with warnings.catch_warnings():  # printed below instead
@@ -403,11 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'digest:    {check.status.upper()}: {check.message}')
     if args.strict:
       sources.enforce_digest(check, strict=True)
-    weights = convert_file(file, source=source, depth=depth, reader=args.reader)
+    weights = convert_file(file, source=source, backbone=args.backbone or None,
+                           reader=args.reader)
     backbone = backbone_from_weights(weights)  # checks every shape
     print(f'format:    {weights.file_format}; names: {weights.layout}; '
           f'{weights.num_file_tensors} tensors in the file')
-    print(f'model:     ResNet-{weights.depth} {weights.variant}: {len(weights.params)} arrays '
+    print(f'model:     {weights.model_name}: {len(weights.params)} arrays '
           f'(params + batch stats) assigned, shapes verified')
     print('head:      ' + (f"{weights.head['kernel'].shape[1]} classes (not part of the "
                              'backbone)' if weights.head is not None else 'none (notop)'))
@@ -430,5 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """The console script (pyproject.toml) and `python -m`."""
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

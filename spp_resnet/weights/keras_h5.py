@@ -1,7 +1,7 @@
-"""Keras legacy HDF5 ResNet-50 weights -> our v1 ResNet-50.
+"""Keras legacy HDF5 ResNet-50 and VGG-16 weights -> our v1 ResNet-50 and VGG16.
 
-The official files (`resnet50_weights_tf_dim_ordering_tf_kernels[_notop].h5`) are in the
-legacy Keras HDF5 weights layout: one group per layer (at the top level, or under
+The official files (`{resnet50,vgg16}_weights_tf_dim_ordering_tf_kernels[_notop].h5`) are
+in the legacy Keras HDF5 weights layout: one group per layer (at the top level, or under
 `model_weights` in a whole-model file) whose `weight_names` attribute lists its datasets.
 Two naming schemes exist, both read here, with or without the `:0` suffix:
 
@@ -12,6 +12,8 @@ Two naming schemes exist, both read here, with or without the `:0` suffix:
   `res{s}{a,b,..}_branch2{a,b,c}`, `bn{s}{a,..}_branch2{a,b,c}`, shortcut `..._branch1`,
   head `fc1000`; datasets `<layer>_W`, `_b`, `_gamma`, `_beta`, `_running_mean`,
   `_running_std` (which holds the variance, as Keras 2 read it).
+- VGG-16 (keras.applications): `block{1..5}_conv{k}`, head `fc1`, `fc2`, `predictions`
+  reading the flattened block5_pool in HWC order, as our `VGG16.imagenet_features`.
 
 Kernels are HWIO as ours ('tf_kernels'); BN gamma/beta/moving_mean/moving_variance ->
 scale/bias/mean/var.
@@ -26,9 +28,12 @@ import string
 
 import numpy as np
 
+from spp_resnet.models import backbone_label as label
+from spp_resnet.models import vgg
 from spp_resnet.models.resnet import RESNET_SPECS
 from spp_resnet.weights.sources import (ArchitectureMismatchError, ConvertedWeights,
-                                        CorruptWeightsFileError, MissingTensorError)
+                                        CorruptWeightsFileError, MissingTensorError, Path,
+                                        head_key)
 
 # Role of a dataset by its name's last part (after the layer name for Keras 1 names).
 _ROLES = {
@@ -139,8 +144,19 @@ _APP_BLOCK = re.compile(r'^conv(\d)_block(\d+)_1_conv$')
 _K1_BLOCK = re.compile(r'^res(\d)([a-z])_branch2a$')
 
 
-def detect(layers: dict, path: str = '') -> tuple[str, int]:
-  """(naming scheme, ResNet depth) of a Keras ResNet weights file."""
+_VGG_CONV = re.compile(r'^block(\d)_conv(\d)$')
+
+
+def detect(layers: dict, path: str = '') -> tuple[str, str]:
+  """(naming scheme, backbone) of a Keras ResNet or VGG-16 weights file."""
+  if 'block1_conv1' in layers:
+    counts = collections.Counter(int(m.group(1)) for name in layers
+                                 if (m := _VGG_CONV.match(name)))
+    sizes = tuple(counts[b] for b in range(1, 6))
+    if sizes != tuple(len(w) for w in vgg.BLOCK_WIDTHS):
+      raise ArchitectureMismatchError(
+          f'{path}: a Keras VGG with {sizes} convs per block is not VGG-16 (2, 2, 3, 3, 3)')
+    return 'keras.applications', 'vgg16'
   counts: dict[int, int] = collections.defaultdict(int)
   if 'conv1_conv' in layers:
     naming = 'keras.applications'
@@ -158,84 +174,93 @@ def detect(layers: dict, path: str = '') -> tuple[str, int]:
   else:
     some = ', '.join(n for n in layers if layers[n])
     raise ArchitectureMismatchError(
-        f'{path}: not a Keras ResNet weights file (no conv1_conv or res2a_branch2a layer; '
-        f'layers with weights: {some[:300]})')
+        f'{path}: not a Keras ResNet or VGG-16 weights file (no conv1_conv, res2a_branch2a '
+        f'or block1_conv1 layer; layers with weights: {some[:300]})')
   sizes = tuple(counts.get(s, 0) for s in (2, 3, 4, 5))
   block = 'bottleneck' if bottleneck else 'basic'
   for depth, spec in RESNET_SPECS.items():
     if spec.block == block and spec.stage_sizes == sizes:
-      return naming, depth
+      return naming, f'resnet{depth}'
   raise ArchitectureMismatchError(
       f'{path}: a Keras ResNet with {block} blocks {sizes} per stage is none of ResNet-'
       f'{"/".join(map(str, RESNET_SPECS))}')
 
 
-def convert_layers(layers: dict[str, list[tuple[str, np.ndarray]]], *, depth: int | None = 50,
-                   path: str = '', file_format: str = 'keras hdf5') -> ConvertedWeights:
-  """Keras layers -> ConvertedWeights for ResNet(depth, 'v1')."""
-  naming, found = detect(layers, path)
-  if depth is not None and found != depth:
-    raise ArchitectureMismatchError(
-        f'{path}: holds Keras ResNet-{found} weights, but the model is ResNet-{depth} '
-        f'(config.model.backbone={f"resnet{depth}"!r})')
-  depth = found
+def _resnet_layers(naming: str, depth: int, path: str) -> list[tuple[Path, str, str]]:
+  """(our module path, Keras layer, kind) of every conv and BN of ResNet-`depth` v1."""
   spec = RESNET_SPECS[depth]
   if spec.block != 'bottleneck':
     raise ArchitectureMismatchError(f'{path}: Keras ResNets have bottleneck blocks')
+  stem = ('conv1_conv', 'conv1_bn') if naming == 'keras.applications' else ('conv1', 'bn_conv1')
+  out = [(('stem_conv',), stem[0], 'conv'), (('stem_bn',), stem[1], 'bn')]
+  for s, n in enumerate(spec.stage_sizes):
+    for b in range(n):
+      # Every first bottleneck block has a projection shortcut.
+      for k in (1, 2, 3, 'proj') if b == 0 else (1, 2, 3):
+        conv, bn = _layer_names(naming, s, b, k)
+        ours = ('proj_conv', 'proj_bn') if k == 'proj' else (f'conv{k}', f'bn{k}')
+        out += [(('stages', s, b, ours[0]), conv, 'conv'), (('stages', s, b, ours[1]), bn, 'bn')]
+  return out
+
+
+def _vgg16_layers() -> list[tuple[Path, str, str]]:
+  return [(vgg.conv_path(b, j) + ('conv',), f'block{b + 1}_conv{j + 1}', 'conv')
+          for b, widths in enumerate(vgg.BLOCK_WIDTHS) for j in range(len(widths))]
+
+
+def convert_layers(layers: dict[str, list[tuple[str, np.ndarray]]], *,
+                   backbone: str | None = None, path: str = '',
+                   file_format: str = 'keras hdf5') -> ConvertedWeights:
+  """Keras layers -> ConvertedWeights for `backbone` (None: the file's)."""
+  naming, found = detect(layers, path)
+  if backbone is not None and found != backbone:
+    raise ArchitectureMismatchError(
+        f'{path}: holds Keras {label(found)} weights, but the model is '
+        f'{label(backbone)} (config.model.backbone={backbone!r})')
+  if found == 'vgg16':
+    model_layers, head_layers = _vgg16_layers(), ('fc1', 'fc2', 'predictions')
+  else:
+    model_layers = _resnet_layers(naming, int(found.removeprefix('resnet')), path)
+    head_layers = ('fc1000',) if 'fc1000' in layers else ('predictions',)
   used: set[str] = set()
   params, names = {}, {}
 
   def take(layer: str, kind: str) -> dict[str, tuple[str, np.ndarray]]:
     if layer not in layers or not layers[layer]:
-      raise MissingTensorError(f'{path}: layer {layer!r} is missing (Keras ResNet-{depth}, '
+      raise MissingTensorError(f'{path}: layer {layer!r} is missing (Keras {label(found)}, '
                                f'{naming} names, needs it)')
     used.add(layer)
     return _roles(layer, layers[layer], kind, path)
 
-  def conv_bn(ours: tuple, conv_layer: str, bn_layer: str):
-    conv = take(conv_layer, 'conv')
-    for role in ('kernel', 'bias'):
-      name, value = conv[role]
-      params[ours[0] + (role,)] = value.astype(np.float32)
-      names[ours[0] + (role,)] = f'{conv_layer}/{name.rsplit("/", 1)[-1]}'
-    bn = take(bn_layer, 'bn')
-    for role, our_name in _BN_NAMES:
-      name, value = bn[role]
-      params[ours[1] + (our_name,)] = value.astype(np.float32)
-      names[ours[1] + (our_name,)] = f'{bn_layer}/{name.rsplit("/", 1)[-1]}'
-
-  if naming == 'keras.applications':
-    conv_bn((('stem_conv',), ('stem_bn',)), 'conv1_conv', 'conv1_bn')
-  else:
-    conv_bn((('stem_conv',), ('stem_bn',)), 'conv1', 'bn_conv1')
-  for s, n in enumerate(spec.stage_sizes):
-    for b in range(n):
-      ours = ('stages', s, b)
-      for k in (1, 2, 3):
-        conv_bn((ours + (f'conv{k}',), ours + (f'bn{k}',)), *_layer_names(naming, s, b, k))
-      if b == 0:  # every first bottleneck block has a projection shortcut
-        conv_bn((ours + ('proj_conv',), ours + ('proj_bn',)),
-                *_layer_names(naming, s, b, 'proj'))
+  for ours, layer, kind in model_layers:
+    weights = take(layer, kind)
+    roles = (('kernel', 'kernel'), ('bias', 'bias')) if kind == 'conv' else _BN_NAMES
+    for role, our_name in roles:
+      name, value = weights[role]
+      params[ours + (our_name,)] = value.astype(np.float32)
+      names[ours + (our_name,)] = f'{layer}/{name.rsplit("/", 1)[-1]}'
   head = None
-  for head_layer in ('predictions', 'fc1000'):
-    if layers.get(head_layer):
-      dense = take(head_layer, 'dense')
-      head = {'kernel': dense['kernel'][1].astype(np.float32),
-              'bias': dense['bias'][1].astype(np.float32)}
-      break
+  if any(layers.get(layer) for layer in head_layers):
+    head = {}
+    for i, layer in enumerate(head_layers):
+      dense = take(layer, 'dense')
+      key = head_key(i, len(head_layers))
+      head[key + 'kernel'] = dense['kernel'][1].astype(np.float32)
+      head[key + 'bias'] = dense['bias'][1].astype(np.float32)
   unexpected = [n for n, w in layers.items() if w and n not in used]
   if unexpected:
     raise ArchitectureMismatchError(
-        f'{path}: unexpected layers for a Keras ResNet-{depth} v1: '
+        f'{path}: unexpected layers for a Keras {label(found)}: '
         f'{", ".join(unexpected[:8])}{" ..." if len(unexpected) > 8 else ""} '
         '(another architecture, e.g. ResNet50V2 or a fine-tuned model with another head?)')
   num = sum(len(w) for w in layers.values())
-  return ConvertedWeights(params, names, head, 'imagenet_keras', depth, 'v1', naming,
+  variant = 'v1' if found.startswith('resnet') else ''
+  return ConvertedWeights(params, names, head, 'imagenet_keras', found, variant, naming,
                           file_format, num, path)
 
 
-def convert_file(path: str | os.PathLike, *, depth: int | None = 50) -> ConvertedWeights:
-  """Reads a legacy-format Keras .h5 ResNet weights file and converts it."""
+def convert_file(path: str | os.PathLike, *, backbone: str | None = None) -> ConvertedWeights:
+  """Reads a legacy-format Keras .h5 ResNet or VGG-16 weights file and converts it."""
   layers, attrs = read_h5(path)
   fmt = 'keras hdf5' + (f' (keras {attrs["keras_version"]})' if 'keras_version' in attrs else '')
-  return convert_layers(layers, depth=depth, path=str(path), file_format=fmt)
+  return convert_layers(layers, backbone=backbone, path=str(path), file_format=fmt)

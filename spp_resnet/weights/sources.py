@@ -2,7 +2,8 @@
 
 One source of truth for
 - the weight sources of `config.pretrained.source` (`WEIGHT_SOURCES`): the framework, the
-  ResNet variant the weights fit, and the input normalization they expect
+  backbones and ResNet variant the weights fit (`source_fits_backbone`), and the input
+  normalization they expect
   (`WEIGHT_SOURCES[source].normalization`, the value `config.data.normalization='auto'`
   resolves to; `NORMALIZATIONS[name].apply(images)` implements it);
 - the official files (`OFFICIAL_FILES`): address, digest, release;
@@ -117,8 +118,8 @@ class WeightSource:
   name: str
   framework: Literal['keras', 'torchvision']
   normalization: str  # key of NORMALIZATIONS
-  variant: Literal['v1', 'v1.5']
-  depths: tuple[int, ...]
+  variant: Literal['v1', 'v1.5']  # of its ResNets (config.model.variant)
+  backbones: tuple[str, ...]  # the values of config.model.backbone it has weights for
   digest_algorithm: Literal['md5', 'sha256']
 
   @property
@@ -127,11 +128,28 @@ class WeightSource:
 
 
 WEIGHT_SOURCES: dict[str, WeightSource] = {
-    'imagenet_keras': WeightSource('imagenet_keras', 'keras', 'caffe', 'v1', (50,), 'md5'),
+    'imagenet_keras': WeightSource('imagenet_keras', 'keras', 'caffe', 'v1',
+                                   ('resnet50', 'vgg16'), 'md5'),
     'imagenet_torchvision': WeightSource(
-        'imagenet_torchvision', 'torchvision', 'imagenet', 'v1.5', (18, 34, 50, 101, 152),
-        'sha256'),
+        'imagenet_torchvision', 'torchvision', 'imagenet', 'v1.5',
+        ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'vgg16', 'vgg16_bn',
+         'googlenet', 'alexnet'), 'sha256'),
 }
+
+
+def source_fits_backbone(source: str, backbone: str) -> bool:
+  """Whether `source` has official weights for `config.model.backbone=backbone`.
+
+  '' (no weights) fits every backbone; an unknown source fits none. (The ResNet variant
+  is checked apart: `WEIGHT_SOURCES[source].variant`.)
+  """
+  return not source or (source in WEIGHT_SOURCES and
+                        backbone in WEIGHT_SOURCES[source].backbones)
+
+
+def sources_for_backbone(backbone: str) -> list[str]:
+  """The sources with official weights for `backbone` (none for LeNet)."""
+  return [name for name, spec in WEIGHT_SOURCES.items() if backbone in spec.backbones]
 
 
 def normalization_for_source(source: str) -> str:
@@ -160,7 +178,7 @@ class OfficialFile:
   filename: str
   url: str
   source: str  # key of WEIGHT_SOURCES
-  depth: int
+  backbone: str  # the config.model.backbone it fits
   include_top: bool
   algorithm: Literal['md5', 'sha256']
   digest: str  # full md5, or the sha256 prefix in torchvision's file name
@@ -171,65 +189,80 @@ class OfficialFile:
     return digests[self.algorithm].startswith(self.digest)
 
 
-_KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/resnet/'
+_KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/'
 _KERAS_OLD_URL = 'https://github.com/fchollet/deep-learning-models/releases/download/v0.2/'
 _TV_URL = 'https://download.pytorch.org/models/'
-_KERAS_TOP = 'resnet50_weights_tf_dim_ordering_tf_kernels.h5'
-_KERAS_NOTOP = 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'
+_LEGACY_TV = 'legacy (torchvision < 0.13)'
 
 
-def _tv(depth: int, digest: str, release: str, default: bool = False) -> OfficialFile:
-  name = f'resnet{depth}-{digest}.pth'
-  return OfficialFile(name, _TV_URL + name, 'imagenet_torchvision', depth, True, 'sha256',
+def _keras(backbone: str, include_top: bool, md5: str, url_dir: str,
+           release: str = 'keras.applications') -> OfficialFile:
+  name = f'{backbone}_weights_tf_dim_ordering_tf_kernels{"" if include_top else "_notop"}.h5'
+  default = release == 'keras.applications' and not include_top
+  return OfficialFile(name, url_dir + name, 'imagenet_keras', backbone, include_top, 'md5',
+                      md5, release, default)
+
+
+def _tv(backbone: str, digest: str, release: str, default: bool = False,
+        stem: str = '') -> OfficialFile:
+  name = f'{stem or backbone}-{digest}.pth'
+  return OfficialFile(name, _TV_URL + name, 'imagenet_torchvision', backbone, True, 'sha256',
                       digest, release, default)
 
 
 OFFICIAL_FILES: tuple[OfficialFile, ...] = (
     # keras.applications (keras-applications >= 1.0.7, tf.keras, Keras 3): layer names
-    # conv1_conv, conv2_block1_1_conv, ...; md5 from keras/src/applications/resnet.py.
-    OfficialFile(_KERAS_NOTOP, _KERAS_URL + _KERAS_NOTOP, 'imagenet_keras', 50, False,
-                 'md5', '4d473c1dd8becc155b73f8504c6f6626', 'keras.applications', True),
-    OfficialFile(_KERAS_TOP, _KERAS_URL + _KERAS_TOP, 'imagenet_keras', 50, True,
-                 'md5', '2cb95161c43110f7111970584f804107', 'keras.applications'),
+    # conv1_conv, conv2_block1_1_conv, ... and block1_conv1, ..., fc1, fc2, predictions;
+    # md5 from keras/src/applications/resnet.py and vgg16.py.
+    _keras('resnet50', False, '4d473c1dd8becc155b73f8504c6f6626', _KERAS_URL + 'resnet/'),
+    _keras('resnet50', True, '2cb95161c43110f7111970584f804107', _KERAS_URL + 'resnet/'),
+    _keras('vgg16', False, '6d6bbae143d832006294945121d1f1fc', _KERAS_URL + 'vgg16/'),
+    _keras('vgg16', True, '64373286793e3c8b2b4e3219cbf3544b', _KERAS_URL + 'vgg16/'),
     # The older release used by Keras 2.0-2.2 keras.applications.resnet50, same file
     # names, Keras 1 layer names (conv1, bn_conv1, res2a_branch2a, ..., fc1000).
-    OfficialFile(_KERAS_TOP, _KERAS_OLD_URL + _KERAS_TOP, 'imagenet_keras', 50, True,
-                 'md5', 'a7b3fe01876f51b976af0dea6bc144eb', 'deep-learning-models v0.2'),
-    OfficialFile(_KERAS_NOTOP, _KERAS_OLD_URL + _KERAS_NOTOP, 'imagenet_keras', 50, False,
-                 'md5', 'a268eb855778b3df3c7506639542a6af', 'deep-learning-models v0.2'),
+    _keras('resnet50', True, 'a7b3fe01876f51b976af0dea6bc144eb', _KERAS_OLD_URL,
+           'deep-learning-models v0.2'),
+    _keras('resnet50', False, 'a268eb855778b3df3c7506639542a6af', _KERAS_OLD_URL,
+           'deep-learning-models v0.2'),
     # torchvision: torch.hub checks that the sha256 begins with the hex digits in the name.
-    _tv(18, 'f37072fd', 'IMAGENET1K_V1', True),
-    _tv(34, 'b627a593', 'IMAGENET1K_V1', True),
-    _tv(50, '0676ba61', 'IMAGENET1K_V1', True),
-    _tv(50, '11ad3fa6', 'IMAGENET1K_V2'),
-    _tv(101, '63fe2227', 'IMAGENET1K_V1', True),
-    _tv(101, 'cd907fc2', 'IMAGENET1K_V2'),
-    _tv(152, '394f9c45', 'IMAGENET1K_V1', True),
-    _tv(152, 'f82ba261', 'IMAGENET1K_V2'),
+    _tv('resnet18', 'f37072fd', 'IMAGENET1K_V1', True),
+    _tv('resnet34', 'b627a593', 'IMAGENET1K_V1', True),
+    _tv('resnet50', '0676ba61', 'IMAGENET1K_V1', True),
+    _tv('resnet50', '11ad3fa6', 'IMAGENET1K_V2'),
+    _tv('resnet101', '63fe2227', 'IMAGENET1K_V1', True),
+    _tv('resnet101', 'cd907fc2', 'IMAGENET1K_V2'),
+    _tv('resnet152', '394f9c45', 'IMAGENET1K_V1', True),
+    _tv('resnet152', 'f82ba261', 'IMAGENET1K_V2'),
+    _tv('vgg16', '397923af', 'IMAGENET1K_V1', True),
+    _tv('vgg16_bn', '6c64b313', 'IMAGENET1K_V1', True),
+    _tv('googlenet', '1378be20', 'IMAGENET1K_V1', True),
+    _tv('alexnet', '7be5be79', 'IMAGENET1K_V1', True, stem='alexnet-owt'),
     # torchvision < 0.13 (`pretrained=True` before the weights API; same training).
-    _tv(18, '5c106cde', 'legacy (torchvision < 0.13)'),
-    _tv(34, '333f7ec4', 'legacy (torchvision < 0.13)'),
-    _tv(50, '19c8e357', 'legacy (torchvision < 0.13)'),
-    _tv(101, '5d3b4d8f', 'legacy (torchvision < 0.13)'),
-    _tv(152, 'b121ed2d', 'legacy (torchvision < 0.13)'),
+    _tv('resnet18', '5c106cde', _LEGACY_TV),
+    _tv('resnet34', '333f7ec4', _LEGACY_TV),
+    _tv('resnet50', '19c8e357', _LEGACY_TV),
+    _tv('resnet101', '5d3b4d8f', _LEGACY_TV),
+    _tv('resnet152', 'b121ed2d', _LEGACY_TV),
+    _tv('alexnet', '4df8aa71', 'legacy (early torchvision releases)', stem='alexnet-owt'),
 )
 
 
 def official_files(*, filename: str | None = None, source: str | None = None,
-                   depth: int | None = None) -> list[OfficialFile]:
+                   backbone: str | None = None) -> list[OfficialFile]:
   return [f for f in OFFICIAL_FILES
           if (filename is None or f.filename == filename)
-          and (source is None or f.source == source) and (depth is None or f.depth == depth)]
+          and (source is None or f.source == source)
+          and (backbone is None or f.backbone == backbone)]
 
 
-def default_file(source: str, depth: int) -> OfficialFile:
-  """The official file fetched for `source` and a ResNet depth (Keras: without the top)."""
+def default_file(source: str, backbone: str) -> OfficialFile:
+  """The official file fetched for `source` and a backbone (Keras: without the top)."""
   spec = get_source(source)
-  for f in official_files(source=source, depth=depth):
+  for f in official_files(source=source, backbone=backbone):
     if f.default:
       return f
-  raise ValueError(f'config.model.backbone: no official {source} weights for ResNet-{depth}; '
-                   f'{source} has depths {spec.depths}')
+  raise ValueError(f'config.model.backbone: no official {source} weights for {backbone!r}; '
+                   f'{source} has {", ".join(spec.backbones)}')
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,7 +370,7 @@ def other_caches(filename: str) -> list[pathlib.Path]:
           pathlib.Path(torch_home, 'hub', 'checkpoints', filename).expanduser()]
 
 
-def resolve_weights_file(source: str, depth: int, *, path: str = '',
+def resolve_weights_file(source: str, backbone: str, *, path: str = '',
                          cache_dir: str = DEFAULT_CACHE_DIR, download: bool | None = None,
                          timeout: float = DOWNLOAD_TIMEOUT_S) -> pathlib.Path:
   """The local weights file for `source`: `path`, else a cached copy, else a download.
@@ -362,7 +395,7 @@ def resolve_weights_file(source: str, depth: int, *, path: str = '',
     # A path that does not exist yet: the file is looked for, or downloaded, there.
     dest = p if len(p.parts) > 1 else None
   else:
-    official = default_file(source, depth)
+    official = default_file(source, backbone)
     dest = None
   cache = pathlib.Path(cache_dir).expanduser()
   dest = dest or cache / official.filename
@@ -428,18 +461,29 @@ def download_file(official: OfficialFile, dest: pathlib.Path, *,
 # ---------------------------------------------------------------------------------------
 # The result of a conversion, shared by the Keras and torchvision converters.
 
-Path = tuple[Any, ...]  # an nnx state path in ResNet, e.g. ('stages', 0, 1, 'conv1', 'kernel')
+Path = tuple[Any, ...]  # an nnx state path in a backbone: ('stages', 0, 1, 'conv1', 'kernel')
+
+
+def head_key(index: int, count: int) -> str:
+  """The key prefix of layer `index` of an ImageNet classifier of `count` layers."""
+  return '' if index == count - 1 else f'hidden{index}.'
 
 
 @dataclasses.dataclass
 class ConvertedWeights:
-  """Backbone variables (params and batch stats) by nnx path, and the ImageNet head."""
+  """Backbone variables (params and batch stats) by nnx path, and the ImageNet head.
+
+  head: the ImageNet classifier's fully connected layers, or None (a notop file):
+  'kernel' [D, 1000] and 'bias' of the output layer, and for VGG and AlexNet also
+  'hidden0.kernel', 'hidden0.bias', 'hidden1...' before it (ReLU between), reading
+  `backbone.imagenet_features(features)`.
+  """
   params: dict[Path, np.ndarray]
   names: dict[Path, str]  # the tensor's name in the file, for error messages
-  head: dict[str, np.ndarray] | None  # {'kernel': [C, 1000], 'bias': [1000]}, or None
+  head: dict[str, np.ndarray] | None
   source: str
-  depth: int
-  variant: str
+  backbone: str  # config.model.backbone, e.g. 'resnet50', 'vgg16_bn'
+  variant: str  # ResNet's 'v1' / 'v1.5'; '' for the other backbones
   layout: str  # naming scheme found in the file
   file_format: str
   num_file_tensors: int
@@ -449,11 +493,24 @@ class ConvertedWeights:
   def normalization(self) -> str:
     return WEIGHT_SOURCES[self.source].normalization
 
+  @property
+  def depth(self) -> int | None:
+    """ResNet's depth; None for the other backbones."""
+    digits = self.backbone.removeprefix('resnet')
+    return int(digits) if digits.isdigit() else None
+
+  @property
+  def model_name(self) -> str:
+    """E.g. 'ResNet-50 v1', 'VGG-16'."""
+    from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top  # flax
+    label = backbone_label(self.backbone)
+    return f'{label} {self.variant}' if self.variant else label
+
   def summary(self) -> str:
     n = sum(int(np.prod(a.shape)) for a in self.params.values())
     head = (f"ImageNet head {tuple(self.head['kernel'].shape)}" if self.head is not None
             else 'no head (notop)')
-    return (f'ResNet-{self.depth} {self.variant} from {self.source} ({self.file_format}, '
+    return (f'{self.model_name} from {self.source} ({self.file_format}, '
             f'{self.layout} names): {len(self.params)} backbone arrays, {n:,} values, '
             f'{head}; input normalization {self.normalization!r} '
             f'({NORMALIZATIONS[self.normalization].description})')

@@ -1,19 +1,23 @@
-"""torchvision ResNet state dicts (.pth, .safetensors) -> our v1.5 ResNet.
+"""torchvision state dicts (.pth, .safetensors) -> our v1.5 ResNet, VGG-16, GoogLeNet, AlexNet.
 
 Reading is safe: `torch.load(..., weights_only=True)` when torch is installed, else (or on
 request) a reader of torch's zip and legacy formats whose unpickler only admits tensors,
 OrderedDicts and storage types, with the storages read from the file. No code in the file
 is ever executed. `.safetensors` files are read by a small pure reader.
 
-Names: `conv1`/`bn1` -> stem, `layer{s}.{b}.conv{k}`/`bn{k}` -> stages[s-1][b].conv{k}/bn{k},
-`layer{s}.{b}.downsample.0/1` -> proj_conv/proj_bn, `fc` -> ImageNet head. Conv weights
-OIHW -> HWIO; BN weight/bias/running_mean/running_var -> scale/bias/mean/var;
-`num_batches_tracked` (absent from files older than torch 0.4) is ignored.
+Names (`Layout`): ResNet `conv1`/`bn1` -> stem, `layer{s}.{b}.conv{k}`/`bn{k}` ->
+stages[s-1][b].conv{k}/bn{k}, `layer{s}.{b}.downsample.0/1` -> proj_conv/proj_bn, `fc` ->
+ImageNet head; VGG/AlexNet `features.<i>` -> the i-th layer of the stem and stages,
+`classifier.*` -> head; GoogLeNet `conv1..3`, `inception*` by the same names, `fc` ->
+head, `aux1/aux2` (auxiliary classifiers) ignored. Conv weights OIHW -> HWIO; BN
+weight/bias/running_mean/running_var -> scale/bias/mean/var; `num_batches_tracked`
+(absent from files older than torch 0.4) is ignored.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -25,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from spp_resnet.models import backbone_label as label
+from spp_resnet.models import googlenet, vgg
 from spp_resnet.models.resnet import RESNET_SPECS
 from spp_resnet.weights.sources import (ArchitectureMismatchError, ConvertedWeights,
-                                        CorruptWeightsFileError, MissingTensorError,
-                                        UnsafePickleError, WeightsError)
+                                        CorruptWeightsFileError, MissingTensorError, Path,
+                                        UnsafePickleError, WeightsError, head_key)
 
 # ---------------------------------------------------------------------------------------
 # Safe .pth reader.
@@ -367,8 +373,33 @@ def read_state_dict(path: str | os.PathLike, *, reader: str = 'auto') -> tuple[d
 _LAYER_KEY = re.compile(r'^layer(\d+)\.(\d+)\.')
 
 
-def detect_architecture(state_dict: dict[str, Any], path: str = '') -> int:
-  """The ResNet depth of a torchvision state dict, from its block counts and block type."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the tensors of a torchvision model go in ours."""
+  # (our module path, torchvision prefix, kind): kind 'conv' (weight), 'conv_bias' (weight
+  # and bias) or 'bn'.
+  layers: list[tuple[Path, str, str]]
+  head: tuple[str, ...]  # prefixes of the ImageNet classifier's Linear layers, in order
+  # (channels, size): the first head layer reads a size x size map flattened in torch's
+  # CHW order; its rows are reordered to our HWC flatten.
+  head_input: tuple[int, int] | None = None
+  ignored: tuple[str, ...] = ()  # prefixes of tensors with no place here (auxiliary heads)
+
+
+def detect_architecture(state_dict: dict[str, Any], path: str = '') -> str:
+  """The backbone (config.model.backbone) of a torchvision state dict, from its keys."""
+  if 'inception3a.branch1.conv.weight' in state_dict:
+    return 'googlenet'
+  first = state_dict.get('features.0.weight')
+  if np.ndim(first) == 4:
+    if np.shape(first)[2:] == (11, 11):
+      return 'alexnet'
+    convs = [k for k, v in state_dict.items()
+             if k.startswith('features.') and k.endswith('.weight') and np.ndim(v) == 4]
+    if len(convs) != 13:
+      raise ArchitectureMismatchError(f'{path}: a VGG with {len(convs)} conv layers; of the '
+                                      'VGGs only VGG-16 (13) is supported')
+    return 'vgg16_bn' if 'features.1.running_mean' in state_dict else 'vgg16'
   blocks: dict[int, set[int]] = collections.defaultdict(set)
   for key in state_dict:
     if m := _LAYER_KEY.match(key):
@@ -376,20 +407,20 @@ def detect_architecture(state_dict: dict[str, Any], path: str = '') -> int:
   if 'conv1.weight' not in state_dict or sorted(blocks) != [1, 2, 3, 4]:
     some = ', '.join(list(state_dict)[:5])
     raise ArchitectureMismatchError(
-        f'{path}: not a torchvision ResNet state dict (expected conv1.weight and '
-        f'layer1..layer4; found {some}, ...)')
+        f'{path}: not a torchvision ResNet, VGG-16, GoogLeNet or AlexNet state dict '
+        f'(expected conv1.weight and layer1..layer4, features.*, or inception*; found '
+        f'{some}, ...)')
   sizes = tuple(max(blocks[s]) + 1 for s in (1, 2, 3, 4))
   block = 'bottleneck' if 'layer1.0.conv3.weight' in state_dict else 'basic'
   for depth, spec in RESNET_SPECS.items():
     if spec.block == block and spec.stage_sizes == sizes:
-      return depth
+      return f'resnet{depth}'
   raise ArchitectureMismatchError(
       f'{path}: a ResNet with {block} blocks {sizes} per stage is none of ResNet-'
       f'{"/".join(map(str, RESNET_SPECS))}')
 
 
-def _torchvision_layout(depth: int):
-  """(our module path, torchvision prefix, kind) for every conv and BN of ResNet-`depth`."""
+def _resnet_layout(depth: int) -> Layout:
   spec = RESNET_SPECS[depth]
   convs = 3 if spec.block == 'bottleneck' else 2
   expansion = 4 if spec.block == 'bottleneck' else 1
@@ -406,31 +437,78 @@ def _torchvision_layout(depth: int):
         out.append((ours + ('proj_conv',), f'{tv}.downsample.0', 'conv'))
         out.append((ours + ('proj_bn',), f'{tv}.downsample.1', 'bn'))
       cin = width * expansion
-  return out
+  return Layout(out, ('fc',))
+
+
+def _vgg16_layout(batch_norm: bool) -> Layout:
+  """`features.<i>`: conv [, BN], ReLU per conv, a max pool after each block."""
+  out, index = [], 0
+  for b, widths in enumerate(vgg.BLOCK_WIDTHS):
+    for j in range(len(widths)):
+      ours = vgg.conv_path(b, j)
+      out.append((ours + ('conv',), f'features.{index}', 'conv_bias'))
+      if batch_norm:
+        out.append((ours + ('bn',), f'features.{index + 1}', 'bn'))
+      index += 3 if batch_norm else 2
+    index += 1
+  return Layout(out, ('classifier.0', 'classifier.3', 'classifier.6'), head_input=(512, 7))
+
+
+def _alexnet_layout() -> Layout:
+  convs = {('stem_layers', 0): 0, ('stages', 0, 1): 3, ('stages', 1, 1): 6,
+           ('stages', 2, 0): 8, ('stages', 3, 0): 10}
+  return Layout([(ours + ('conv',), f'features.{i}', 'conv_bias') for ours, i in convs.items()],
+                ('classifier.1', 'classifier.4', 'classifier.6'), head_input=(256, 6))
+
+
+def _googlenet_layout() -> Layout:
+  def basic_conv(ours: Path, tv: str):
+    return [(ours + ('conv',), f'{tv}.conv', 'conv'), (ours + ('bn',), f'{tv}.bn', 'bn')]
+
+  out = (basic_conv(('stem_layers', 0), 'conv1') + basic_conv(('stages', 0, 1), 'conv2')
+         + basic_conv(('stages', 0, 2), 'conv3'))
+  for s, specs in enumerate(googlenet.INCEPTION_SPECS):
+    for j, spec in enumerate(specs):
+      ours, tv = ('stages', s + 1, j + 1), f'inception{spec[0]}'  # after the stage's pool
+      out += basic_conv(ours + ('branch1',), f'{tv}.branch1')
+      for branch in ('branch2', 'branch3'):
+        for k in (0, 1):
+          out += basic_conv(ours + (branch, k), f'{tv}.{branch}.{k}')
+      out += basic_conv(ours + ('branch4', 1), f'{tv}.branch4.1')
+  # The official file keeps the auxiliary classifiers (its model was built with them).
+  return Layout(out, ('fc',), ignored=('aux1.', 'aux2.'))
+
+
+def layout(backbone: str) -> Layout:
+  if backbone.startswith('resnet'):
+    return _resnet_layout(int(backbone.removeprefix('resnet')))
+  if backbone.startswith('vgg16'):
+    return _vgg16_layout(backbone == 'vgg16_bn')
+  return {'alexnet': _alexnet_layout, 'googlenet': _googlenet_layout}[backbone]()
 
 
 _BN_NAMES = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
              ('running_var', 'var'))
 
 
-def convert_state_dict(state_dict: dict[str, Any], *, depth: int | None = None,
+def convert_state_dict(state_dict: dict[str, Any], *, backbone: str | None = None,
                        path: str = '', file_format: str = 'state dict') -> ConvertedWeights:
-  """torchvision ResNet tensors -> ConvertedWeights for ResNet(depth, 'v1.5')."""
+  """torchvision tensors -> ConvertedWeights for `backbone` (None: the file's)."""
   sd = dict(state_dict)
   if sd and all(k.startswith('module.') for k in sd):  # saved from nn.DataParallel
     sd = {k[len('module.'):]: v for k, v in sd.items()}
   found = detect_architecture(sd, path)
-  if depth is not None and found != depth:
+  if backbone is not None and found != backbone:
     raise ArchitectureMismatchError(
-        f'{path}: holds torchvision ResNet-{found} weights, but the model is ResNet-{depth} '
-        f'(config.model.backbone={f"resnet{depth}"!r}; set it to {f"resnet{found}"!r})')
-  depth = found
-  used: set[str] = set()
+        f'{path}: holds torchvision {label(found)} weights, but the model is '
+        f'{label(backbone)} (config.model.backbone={backbone!r}; set it to {found!r})')
+  spec = layout(found)
+  used: set[str] = {k for k in sd if spec.ignored and k.startswith(spec.ignored)}
 
   def take(name: str) -> np.ndarray:
     if name not in sd:
       raise MissingTensorError(f'{path}: tensor {name!r} is missing (torchvision '
-                               f'ResNet-{depth} needs it)')
+                               f'{label(found)} needs it)')
     used.add(name)
     value = sd[name]
     if not isinstance(value, np.ndarray):
@@ -439,34 +517,49 @@ def convert_state_dict(state_dict: dict[str, Any], *, depth: int | None = None,
     return value.astype(np.float32)
 
   params, names = {}, {}
-  for ours, tv, kind in _torchvision_layout(depth):
-    if kind == 'conv':
+
+  def put(ours: Path, name: str) -> None:
+    params[ours], names[ours] = take(name), name
+
+  for ours, tv, kind in spec.layers:
+    if kind.startswith('conv'):
       w = take(f'{tv}.weight')
       if w.ndim != 4:
         raise ArchitectureMismatchError(f'{path}: {tv}.weight has shape {w.shape}, '
                                         'expected a 4-d OIHW conv kernel')
       params[ours + ('kernel',)] = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
       names[ours + ('kernel',)] = f'{tv}.weight'
+      if kind == 'conv_bias':
+        put(ours + ('bias',), f'{tv}.bias')
     else:
       for tv_name, our_name in _BN_NAMES:
-        params[ours + (our_name,)] = take(f'{tv}.{tv_name}')
-        names[ours + (our_name,)] = f'{tv}.{tv_name}'
+        put(ours + (our_name,), f'{tv}.{tv_name}')
       used.add(f'{tv}.num_batches_tracked')
   head = None
-  if 'fc.weight' in sd or 'fc.bias' in sd:
-    head = {'kernel': np.ascontiguousarray(take('fc.weight').T), 'bias': take('fc.bias')}
+  if any(f'{p}.weight' in sd or f'{p}.bias' in sd for p in spec.head):
+    head = {}
+    for i, prefix in enumerate(spec.head):
+      kernel = take(f'{prefix}.weight').T
+      if i == 0 and spec.head_input:
+        channels, size = spec.head_input
+        kernel = kernel.reshape(channels, size, size, -1).transpose(1, 2, 0, 3).reshape(
+            channels * size * size, -1)
+      key = head_key(i, len(spec.head))
+      head[key + 'kernel'] = np.ascontiguousarray(kernel)
+      head[key + 'bias'] = take(f'{prefix}.bias')
   unexpected = [k for k in sd if k not in used]
   if unexpected:
     raise ArchitectureMismatchError(
-        f'{path}: unexpected tensors for a torchvision ResNet-{depth}: '
+        f'{path}: unexpected tensors for a torchvision {label(found)}: '
         f'{", ".join(unexpected[:8])}{" ..." if len(unexpected) > 8 else ""} '
         '(another architecture, e.g. ResNeXt or a modified model?)')
-  return ConvertedWeights(params, names, head, 'imagenet_torchvision', depth, 'v1.5',
+  variant = 'v1.5' if found.startswith('resnet') else ''
+  return ConvertedWeights(params, names, head, 'imagenet_torchvision', found, variant,
                           'torchvision', file_format, len(sd), path)
 
 
-def convert_file(path: str | os.PathLike, *, depth: int | None = None,
+def convert_file(path: str | os.PathLike, *, backbone: str | None = None,
                  reader: str = 'auto') -> ConvertedWeights:
-  """Reads a torchvision .pth/.safetensors ResNet file and converts it."""
+  """Reads a torchvision .pth/.safetensors file (ResNet, VGG-16, GoogLeNet, AlexNet)."""
   sd, fmt = read_state_dict(path, reader=reader)
-  return convert_state_dict(sd, depth=depth, path=str(path), file_format=fmt)
+  return convert_state_dict(sd, backbone=backbone, path=str(path), file_format=fmt)
