@@ -3,8 +3,9 @@
 The Python API of a trained run (imported on first use, so that `import spp_resnet` and
 the command-line tools' --help stay fast):
 
-  from spp_resnet import restore_for_inference
+  from spp_resnet import Predictor, restore_for_inference
   restored = restore_for_inference('runs/scratch')   # model, preprocessing, threshold
+  report = Predictor.from_workdir('runs/scratch').predict('scans/')  # files, folders
 """
 
 import importlib
@@ -14,6 +15,8 @@ _API = {
     'evaluate_checkpoint': 'spp_resnet.training.restore',
     'RestoredModel': 'spp_resnet.training.restore',
     'create_model': 'spp_resnet.models',
+    'Predictor': 'spp_resnet.inference.predict',
+    'GradCAM': 'spp_resnet.inference.gradcam',
 }
 
 __all__ = sorted(_API)

@@ -97,6 +97,14 @@ def _ellipse_radius(x, y, cx, cy, ax, ay, angle):
 def generate(seed: int, index: int, size: int = DEFAULTS['size'],
              easy: int = 0) -> tuple[np.ndarray, int]:
   """SYNTHETIC slice number `index`: (uint8 [size, size, 1], label 0/1)."""
+  image, label, _ = generate_with_mask(seed, index, size, easy)
+  return image, label
+
+
+def generate_with_mask(seed: int, index: int, size: int = DEFAULTS['size'],
+                       easy: int = 0) -> tuple[np.ndarray, int, np.ndarray]:
+  """`generate`, plus where the lesions are: bool [size, size] (all False for label 0),
+  the ground truth for localization checks such as Grad-CAM's."""
   rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x5EED]))
   label = int(rng.random() < 0.5)
   n = size
@@ -155,6 +163,7 @@ def generate(seed: int, index: int, size: int = DEFAULTS['size'],
     d = np.hypot(x - px, y - py)
     img += rng.uniform(0.1, 0.3) * np.exp(-0.5 * (d / rng.uniform(0.008, 0.02)) ** 2)
 
+  lesions = np.zeros((n, n))
   if label:
     for _ in range(1 if rng.random() < 0.75 else 2):
       rad, phi = 0.62 * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
@@ -178,6 +187,7 @@ def generate(seed: int, index: int, size: int = DEFAULTS['size'],
       else:            # hypointense
         lesion = np.full((n, n), max(gm - contrast, 0.1))
       img = img * (1 - inside * brain) + lesion * inside * brain
+      lesions = np.maximum(lesions, inside * brain)
 
   # Acquisition: smooth multiplicative bias field, global gain, Rician noise.
   img *= np.exp(rng.uniform(0.05, 0.2) * _smooth_noise(rng, n, 0.25))
@@ -185,7 +195,7 @@ def generate(seed: int, index: int, size: int = DEFAULTS['size'],
   sigma = rng.uniform(0.015, 0.05)
   img = np.hypot(img + sigma * rng.standard_normal((n, n)), sigma * rng.standard_normal((n, n)))
   pixels = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-  return pixels[..., None], label
+  return pixels[..., None], label, lesions > 0.5
 
 
 class PhantomSource:

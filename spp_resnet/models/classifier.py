@@ -71,7 +71,13 @@ class Classifier(nnx.Module):
     inference mode (`ResNet.stage_outputs`).
     """
     bn_train = train if batch_norm_train is None else batch_norm_train
-    h = self.pool(self.backbone(x, train=bn_train, frozen_stages=frozen_stages))
+    return self.head(self.backbone(x, train=bn_train, frozen_stages=frozen_stages),
+                     train=train, rngs=rngs)
+
+  def head(self, features: jax.Array, *, train: bool,
+           rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The backbone's last feature map [B, h, w, C] -> float32 logits (pooling + FC)."""
+    h = self.pool(features)
     for layer in self.dense[:-1]:
       h = self.dropout(nnx.relu(layer(h)), deterministic=not train, rngs=rngs)
     return self.dense[-1](h).astype(jnp.float32)

@@ -198,7 +198,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             'steps': sums['steps'] + 1,
         })
 
-  probs = _probs_fn(graphdef, normalization)
+  probs = probs_fn(graphdef, normalization)
   replicated = parallel.replicated(mesh)
   return Steps(
       # The new state is replicated like the old one, so the donated buffers are reused
@@ -208,7 +208,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    out_shardings=replicated))
 
 
-def _probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Batch], jax.Array]:
+def probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Batch], jax.Array]:
   """(weights, {'image': uint8 [B,S,S,1]}) -> class probabilities [B, K].
 
   Probabilities only: predictions depend on the decision threshold, which is chosen on
@@ -224,8 +224,8 @@ def _probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Bat
 
 def make_predict_fn(graphdef: nnx.GraphDef, normalization: str,
                     mesh) -> Callable[[dict, Batch], jax.Array]:
-  """jit of `_probs_fn`; the small output is gathered to every process (host metrics)."""
-  return jax.jit(_probs_fn(graphdef, normalization), out_shardings=parallel.replicated(mesh))
+  """jit of `probs_fn`; the small output is gathered to every process (host metrics)."""
+  return jax.jit(probs_fn(graphdef, normalization), out_shardings=parallel.replicated(mesh))
 
 
 def inference_weights(state: TrainState) -> dict:
