@@ -17,7 +17,9 @@ Command (Bhuvaji's "Brain Tumor Classification (MRI)", binarized):
     --config.data.manual_dir=/path/to/brain_tumor_classification_mri
 Levers off, one at a time (the recipe ablation): --config=configs/scratch.py:LEVER with
 LEVER one of `paper_augment`, `no_label_smoothing`, `no_class_weights`, `sgd`, `gap`,
-`size224`, `resnet50`; several joined by commas.
+`size224`, `resnet50`; several joined by commas. Lever `ssl` starts instead from a
+backbone pretrained self-supervised on the unlabelled images (configs/ssl.py; with
+--config.pretrained.path=SSL_WORKDIR): the `+SSL` row.
 
 Measured (one H200, bf16, 2026-11-30, 45 s a run; docs/results.md, "A from-scratch
 recipe"): validation ROC AUC 0.978; held-out Bhuvaji test ROC AUC 0.982, sensitivity 0.96,
@@ -29,6 +31,8 @@ from configs import default
 
 LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap',
           'size224', 'resnet50')
+# Not a lever of the recipe ablation: it needs an SSL run (--config.pretrained.path).
+OPTIONS = (*LEVERS, 'ssl')
 
 
 def get_config(levers: str = ''):
@@ -78,8 +82,8 @@ def get_config(levers: str = ''):
   config.checkpoint_every_steps = 1000
 
   for lever in filter(None, (x.strip() for x in levers.split(','))):
-    if lever not in LEVERS:
-      raise ValueError(f'configs/scratch.py: unknown lever {lever!r}; one of {LEVERS}')
+    if lever not in OPTIONS:
+      raise ValueError(f'configs/scratch.py: unknown lever {lever!r}; one of {OPTIONS}')
     if lever == 'paper_augment':
       aug.crop_scale = aug.aspect_ratio = aug.gamma = (1.0, 1.0)
       aug.rotate_degrees = aug.translate = aug.brightness = aug.contrast = 0.0
@@ -96,6 +100,8 @@ def get_config(levers: str = ''):
     elif lever == 'size224':
       data.image_size = 224
       model.spp_levels = (1, 3, 7)  # the 7x7 map of a 224 px input
+    elif lever == 'ssl':  # the backbone of an SSL run (path on the command line)
+      config.pretrained.source = 'ssl'
     elif lever == 'resnet50':
       model.backbone = 'resnet50'
       model.head_hidden = (512,)

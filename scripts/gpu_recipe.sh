@@ -9,7 +9,12 @@
 #   4. the recipe and the paper's setting trained on the Bohaju sample;
 #   5. the cross-dataset matrix of every run (evaluate_external at each run's threshold);
 #   6. the paper's learning-rate / batch-size / epoch sweeps (Figs 7-9), reduced, as time
-#      allows.
+#      allows;
+#   7. self-supervised (BYOL) pretraining as a stand-in for ImageNet weights
+#      (configs/ssl.py), then the recipe fine-tuned from it: the `+SSL` row. Alone, with
+#      the recipe from random init beside it and both in the cross-dataset matrix (about
+#      3 minutes of H200 time):
+#        STAGES='^(recipe|ssl-pretrain|recipe-ssl)$' BUDGET=240 CROSS_SECONDS=45 bash scripts/gpu_recipe.sh
 # Every stage runs under `timeout` against one deadline; results land in $OUT as they
 # come (results.tgz: every run's config, metrics, selection and the logs, no checkpoints).
 #
@@ -104,6 +109,13 @@ recipe recipe-extval '' --config.data.dataset=mix --config.data.split.val_fracti
   --config.data.split.val_dataset=brain_tumor
 stage bohaju-recipe 60 python3 main.py --config=configs/scratch.py --workdir=$RUNS/bohaju-recipe $BOHAJU $GPU $EXTRA
 stage bohaju-paper 80 python3 main.py $PAPER --workdir=$RUNS/bohaju-paper $BOHAJU $EXTRA
+# 7. BYOL on every image outside the recipe's validation and test splits (its own data
+# config) plus the figshare tumors, the Bohaju slices held out by content; then the
+# recipe from that backbone (recipe-ssl; the matrix below evaluates it on Bohaju).
+stage ssl-pretrain 150 python3 -m spp_resnet.training.ssl --config=configs/ssl.py \
+  --workdir=$RUNS/ssl $SARTAJ $GPU --config.ssl.extra="image_folder=$D/figshare_jpg" \
+  --config.ssl.holdout="brain_tumor=$D/bohaju" $EXTRA \
+  && recipe recipe-ssl ssl --config.pretrained.path=$RUNS/ssl
 
 # 5. Cross-dataset matrix of every finished run.
 runs=$(for n in $(cat "$OUT/finished.txt" 2>/dev/null); do

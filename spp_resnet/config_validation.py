@@ -152,7 +152,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(model.head_init_std > 0, 'model.head_init_std', 'must be > 0', model.head_init_std)
 
   from spp_resnet.weights import sources  # pylint: disable=g-import-not-at-top
-  _choice(config, 'pretrained.source', ('', *sources.WEIGHT_SOURCES))
+  _choice(config, 'pretrained.source', ('', *sources.WEIGHT_SOURCES, 'ssl'))
+  _require(config.pretrained.source != 'ssl' or bool(config.pretrained.path),
+           'pretrained.path', "must be the --workdir of an SSL run (python -m "
+           "spp_resnet.training.ssl) when pretrained.source='ssl'", config.pretrained.path)
   if config.pretrained.source in sources.WEIGHT_SOURCES:  # it says which backbones fit
     from spp_resnet.weights import convert  # pylint: disable=g-import-not-at-top
     try:

@@ -281,9 +281,13 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
   state = jax.jit(lambda: to_state(random_model()), out_shardings=replicated)()
   if config.pretrained.source:
-    from spp_resnet import weights  # Keeps h5py/torch readers off the plain path.
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
-    weights.load_pretrained_backbone(model, config.pretrained, config.model)
+    if config.pretrained.source == 'ssl':  # a backbone of `python -m spp_resnet.training.ssl`
+      from spp_resnet.training import ssl  # pylint: disable=g-import-not-at-top  # cycle
+      ssl.load_ssl_backbone(model, config.pretrained.path, data_config=config.data)
+    else:
+      from spp_resnet import weights  # Keeps h5py/torch readers off the plain path.
+      weights.load_pretrained_backbone(model, config.pretrained, config.model)
     state = parallel.replicate(jax.device_get(to_state(model)), mesh)
   return graphdef, state
 
@@ -509,14 +513,15 @@ class TrainingDivergedError(FloatingPointError):
 
 
 @jax.jit
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _diverged(exp: Experiment, what: str, step: int, last_checkpoint: int | None):
+def diverged(checkpointer: checkpoint_lib.Checkpointer, what: str, step: int,
+             last_checkpoint: int | None) -> TrainingDivergedError:
   """Waits for pending checkpoint writes (they hold finite states), then the error."""
-  exp.checkpointer.wait()
-  exp.checkpointer.close()
+  checkpointer.wait()
+  checkpointer.close()
   if last_checkpoint is None:
     kept = ('No checkpoint was written before it: re-run with a lower '
             '--config.optimizer.learning_rate (or set --config.optimizer.grad_clip_norm) to '
@@ -603,14 +608,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   and the last checkpoint is the model, at threshold `selection.fixed_threshold`.
   """
   config_validation.validate(config)
-  _check_resume_config(config, workdir)  # before anything in the workdir is touched
+  check_resume_config(config, workdir)  # before anything in the workdir is touched
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     return _train(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   exp = setup(config, workdir)
-  _save_config(config, workdir, exp.pipeline.class_names)
+  save_config(config, workdir, exp.pipeline.class_names)
   state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
@@ -638,7 +643,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
     if step % config.log_every_steps == 0 or end_of_epoch or save:
       sums = jax.device_get(state.train_sums)
       if config.halt_on_nan and not np.isfinite(sums['loss']):
-        raise _diverged(exp, f'the training loss became {sums["loss"]}', step,
+        raise diverged(exp.checkpointer, f'the training loss became {sums["loss"]}', step,
                         last_checkpoint)
       monitor.log(step, sums, state.params)
     if end_of_epoch:
@@ -665,8 +670,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
         save = True
     if save:
       # Never save a diverged state: the newest checkpoint must be one to resume from.
-      if config.halt_on_nan and not bool(_all_finite(state.params)):
-        raise _diverged(exp, 'some weights became inf or NaN', step, last_checkpoint)
+      if config.halt_on_nan and not bool(all_finite(state.params)):
+        raise diverged(exp.checkpointer, 'some weights became inf or NaN', step, last_checkpoint)
       exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
   exp.checkpointer.wait()
@@ -700,7 +705,7 @@ def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,
   return final
 
 
-def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with checkpoints resumes only with its own config (a few fields may change)."""
   path = os.path.join(workdir, 'config.json')
   checkpoints = os.path.join(workdir, 'checkpoints')
@@ -713,7 +718,7 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     logging.warning('Resuming %s with changed %s.', workdir, ', '.join(changed))
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str,
+def save_config(config: ml_collections.ConfigDict, workdir: str,
                  class_names=None) -> None:
   """config.json, and class_names.json (the label order, for evaluate_external)."""
   if jax.process_index() == 0:
