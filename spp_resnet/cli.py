@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging as std_logging
+import os
 import re
 import sys
 from typing import Callable, NoReturn
@@ -108,7 +109,6 @@ def enable_compilation_cache() -> str:
   point with the shapes of an earlier one skips compiling (tens of seconds a step on a
   CPU). Directory: $SPP_RESNET_COMPILATION_CACHE (empty: off), default
   ~/.cache/spp_resnet/jax. Returns the directory ('' when off)."""
-  import os  # pylint: disable=g-import-not-at-top
   path = os.environ.get(COMPILATION_CACHE_ENV, '~/.cache/spp_resnet/jax')
   if not path:
     return ''

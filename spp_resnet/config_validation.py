@@ -83,7 +83,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
 
   data = config.data
-  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle (below too)
   try:
     pipeline.check_dataset_name(data.dataset)
   except ValueError as e:

@@ -110,6 +110,7 @@ def _bohaju_images(per_class: int):
 
 
 @pytest.mark.skipif(not BOHAJU.is_dir(), reason='../shared/data not available')
+@pytest.mark.slow
 def test_matrix(tmp_path):
   # A tiny phantom run, and a copy of it that claims to be trained on a mix holding the
   # `both` folder (through a symlink): the 'trained on' cells of both rows.

@@ -159,6 +159,7 @@ def ablation_run(tmp_path_factory):
   return tmp, workdir, proc
 
 
+@pytest.mark.slow
 def test_ablation_tables_json_and_plots(ablation_run):
   tmp, workdir, proc = ablation_run
   md = (workdir / 'results.md').read_text()
@@ -196,6 +197,7 @@ def test_ablation_tables_json_and_plots(ablation_run):
   assert 'Train/test leakage per run' in md
 
 
+@pytest.mark.slow
 def test_ablation_resumes_without_training_and_refuses_another_config(ablation_run):
   tmp, workdir, _ = ablation_run
   results = sorted(workdir.glob('runs/*/*/*/result.json'))
@@ -215,6 +217,7 @@ def test_ablation_resumes_without_training_and_refuses_another_config(ablation_r
   assert proc.returncode == 2 and 'different config' in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
   """The paper-protocol run's own test images, written as PNGs under other class names,
   give back exactly the metrics the run reported."""
@@ -260,6 +263,7 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
                           data_dir=str(tmp / 'tfds'), out=str(tmp / 'odd_out'))
 
 
+@pytest.mark.slow
 def test_table3_rows_per_backbone(tmp_path):
   """Several backbones (configs/table3.py): a row per backbone and variant, each with its
   own ImageNet source; LeNet has none, AlexNet's file is missing offline."""

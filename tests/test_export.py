@@ -52,6 +52,7 @@ def mri_slices(resnet):
   return np.stack([resnet.prepare(image) for image in raw])
 
 
+@pytest.mark.slow
 def test_onnx_matches_jax_on_real_mri(resnet, mri_slices, tmp_path):
   onnx = pytest.importorskip('onnx')
   pytest.importorskip('onnxruntime')
@@ -71,6 +72,7 @@ def test_onnx_matches_jax_on_real_mri(resnet, mri_slices, tmp_path):
   assert resnet.probs(mri_slices).std(axis=0).max() > 0.03
 
 
+@pytest.mark.slow
 def test_stablehlo_round_trip_any_batch_size(resnet, mri_slices, tmp_path):
   path = str(tmp_path / 'model.jax_export')
   export_lib.export_stablehlo(resnet, path, platforms=('cpu', 'cuda'))
@@ -83,6 +85,7 @@ def test_stablehlo_round_trip_any_batch_size(resnet, mri_slices, tmp_path):
     np.testing.assert_allclose(exported.call(batch), resnet.probs(batch), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_a_run_writes_the_model_and_its_description(phantom_run, tmp_path):
   pytest.importorskip('onnxruntime')
   pytest.importorskip('jax2onnx')

@@ -4,6 +4,7 @@ the SPP head, and on the SYNTHETIC phantom it points at the lesions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import phantom as phantom_config
@@ -59,6 +60,7 @@ def test_overlay_is_rgb_at_the_image_size():
   assert rgb[18, 18, 0] > rgb[18, 18, 2] and rgb[60, 60, 2] > rgb[60, 60, 0]
 
 
+@pytest.mark.slow
 def test_maps_point_at_the_phantom_lesions(phantom_run):
   restored = restore.restore_for_inference(phantom_run)
   size = restored.image_size

@@ -276,15 +276,6 @@ def test_mean_ci():
   assert M.mean_ci([0.5, 0.5, 0.5]).half_width == 0.0
 
 
-def test_bootstrap_ci():
-  values = np.r_[np.ones(45), np.zeros(15)]  # 45 / 60 correct
-  ci = M.bootstrap_ci(values, num_resamples=2000)
-  assert ci.mean == 0.75
-  assert 0.6 < ci.low < 0.75 < ci.high < 0.9
-  assert ci == M.bootstrap_ci(values, num_resamples=2000)  # seeded
-  assert M.bootstrap_ci(np.ones(10), num_resamples=100) == (1.0, 1.0, 1.0)
-
-
 # ---- Tables -----------------------------------------------------------------------------
 
 

@@ -106,6 +106,7 @@ def test_spp_bins_cover_small_maps():
   assert edges[0][0] == 0 and edges[-1][1] == 7
 
 
+@pytest.mark.slow
 def test_classifier_output_length_independent_of_input_size():
   backbone = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
   model = Classifier(backbone, num_classes=2, head_hidden=(8, 8), rngs=nnx.Rngs(1))

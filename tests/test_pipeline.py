@@ -53,25 +53,25 @@ def ids(batch, images):
 
 # ---- train order --------------------------------------------------------------------------
 
-def test_train_dataset_order_and_epochs():
-  ds = pipeline.train_dataset(21, lambda pos: pos, global_batch_size=4, seed=3)
+def test_train_batches_order_and_epochs():
+  ds = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
   epochs = [np.concatenate([ds[e * 5 + s] for s in range(5)]) for e in range(3)]
   for e in epochs:
     assert len(set(e.tolist())) == 20  # drop remainder: 5 steps x 4 of 21, no repeats
   assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
   assert len(set(np.concatenate(epochs).tolist())) == 21  # the remainder rotates
-  again = pipeline.train_dataset(21, lambda pos: pos, global_batch_size=4, seed=3)
+  again = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
   np.testing.assert_array_equal(again[7], ds[7])
-  other = pipeline.train_dataset(21, lambda pos: pos, global_batch_size=4, seed=4)
+  other = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=4)
   assert not np.array_equal(np.concatenate([other[s] for s in range(5)]), epochs[0])
   # Two processes: disjoint halves that together are the single-process global batch.
-  shards = [pipeline.train_dataset(21, lambda pos: pos, global_batch_size=4, seed=3,
-                                   process_index=p, process_count=2) for p in range(2)]
+  shards = [pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3,
+                                  process_index=p, process_count=2) for p in range(2)]
   for step in range(12):
     np.testing.assert_array_equal(np.concatenate([shards[0][step], shards[1][step]]),
                                   ds[step])
   with pytest.raises(ValueError):
-    pipeline.train_dataset(3, lambda pos: pos, global_batch_size=4, seed=0)
+    pipeline.TrainBatches(3, lambda pos: pos, global_batch_size=4, seed=0)
 
 
 def test_pipeline_fields_and_batches():

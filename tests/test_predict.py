@@ -158,6 +158,7 @@ def predictor(phantom_run):
   return predict_lib.Predictor.from_workdir(phantom_run, batch_size=3)
 
 
+@pytest.mark.slow
 def test_python_api_predicts_files_folders_and_arrays(predictor, scans, monkeypatch):
   restored = predictor.restored
   batch_shapes = set()
@@ -199,6 +200,7 @@ def test_python_api_predicts_files_folders_and_arrays(predictor, scans, monkeypa
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_command_line_writes_csv_json_and_cams(phantom_run, scans, predictor, tmp_path):
   out = tmp_path / 'out' / 'predictions.csv'
   proc = subprocess.run(
@@ -236,6 +238,7 @@ def test_command_line_writes_csv_json_and_cams(phantom_run, scans, predictor, tm
   assert data['skipped'][0]['error'] == 'not a recognized image format'
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(phantom_run, tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'spp_resnet.predict', f'--workdir={phantom_run}', str(tmp_path),

@@ -135,8 +135,13 @@ def test_caffe_matches_keras_formula():
 
 # ---- augment_batch ------------------------------------------------------------------------
 
+def _dihedral_transforms(image):
+  """The 8 distinct D4 transforms of an HxW[xC] square image."""
+  return [np.rot90(im, k) for im in (image, image[:, ::-1]) for k in range(4)]
+
+
 def _which(out, image):
-  variants = augment.dihedral_transforms(image)
+  variants = _dihedral_transforms(image)
   matches = [k for k, v in enumerate(variants) if np.array_equal(out, v)]
   assert matches, 'output is not a dihedral transform of the input'
   return matches[0]

@@ -65,6 +65,7 @@ SELECT = ['--config.data.dataset=phantom/easy=1,train=128,test=48',
           '--config.num_epochs=5']
 
 
+@pytest.mark.slow
 def test_keep_best_threshold_saved_and_used_by_eval(tmp_path):
   workdir = tmp_path / 'select'
   proc = run_main(workdir, *SELECT)

@@ -77,6 +77,7 @@ def ssl_run(tmp_path_factory):
   return workdir, first, second
 
 
+@pytest.mark.slow
 def test_pretraining_learns_and_resumes_from_its_checkpoint(ssl_run):
   workdir, first, second = ssl_run
   assert first['step'] == 6 and second['step'] == 12
@@ -123,6 +124,7 @@ def test_ssl_backbone_in_a_classifier_gives_the_same_features(tmp_path):
   np.testing.assert_array_equal(loaded, expected)
 
 
+@pytest.mark.slow
 def test_a_backbone_for_another_split_or_architecture_is_refused(ssl_run):
   workdir, *_ = ssl_run
   config = tiny_config(4)

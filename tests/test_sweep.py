@@ -253,6 +253,7 @@ def test_the_ablation_table_shows_the_validation_metric_where_runs_have_one(tmp_
 
 # ---- End to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_tiny_sweep_end_to_end(tmp_path):
   """Two values of num_epochs on the phantom, one run each, with a validation split.
 

@@ -73,6 +73,7 @@ def flat(tree):
 SMALL = ['--config.data.dataset=phantom/easy=1,train=96,test=32', '--config.num_epochs=2']
 
 
+@pytest.mark.slow
 def test_training_learns_and_eval_restores_metrics(tmp_path):
   workdir = tmp_path / 'learn'
   # Adam: the phantom's SGD at lr 0.01 needs more than 3 epochs at 32 px (1 x 1 maps).
@@ -134,6 +135,7 @@ BOHAJU = ROOT.parent / 'shared' / 'data' / 'bohaju_brain_tumor_sample'
 
 
 @pytest.mark.skipif(not BOHAJU.is_dir(), reason='../shared/data not available')
+@pytest.mark.slow
 def test_real_mri_training_beats_the_majority_class(tmp_path):
   """The paper's own dataset (the 316 real Bohaju slices there are here), a leakage-safe
   grouped split, a small ResNet-18 on 48 px: test accuracy clearly above always
@@ -157,6 +159,7 @@ def test_real_mri_training_beats_the_majority_class(tmp_path):
   assert last['test/roc_auc'] >= 0.8, last
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   reference_dir = tmp_path / 'reference'
   run_main(reference_dir, *SMALL)
@@ -202,6 +205,7 @@ def _train_params(workdir, env):
   return flat(final_state(workdir)[1]['params'])
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
   one = _train_params(tmp_path / 'one', {'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
   four = _train_params(tmp_path / 'four',
@@ -216,6 +220,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(tmp_path):
   port = _free_port()
   workdir = tmp_path / 'distributed'
@@ -234,6 +239,7 @@ def test_two_processes_train_one_model(tmp_path):
     np.testing.assert_allclose(single[key], both[key], rtol=2e-4, atol=2e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line_and_keeps_only_finite_checkpoints(tmp_path):
   workdir = tmp_path / 'nan'
   fast = ['--config.log_every_steps=2', '--config.checkpoint_every_steps=2', *SMALL]
@@ -251,6 +257,7 @@ def test_divergence_is_one_line_and_keeps_only_finite_checkpoints(tmp_path):
   assert f'Resuming from the checkpoint at step {step}' in again.stderr
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
   import json
   import socket

@@ -12,27 +12,4 @@
                leakage-safe validation split
   leakage      report of duplicate groups and patients crossing a split (also a CLI)
   pipeline     `create_input_pipeline(config.data, ...) -> InputPipeline`
-
-The main names are re-exported lazily (importing this package stays cheap):
-`create_input_pipeline`, `InputPipeline`, `to_model_input`, `resolve_normalization`,
-`augment_batch`.
 """
-
-import importlib
-
-_LAZY = {
-    'create_input_pipeline': 'pipeline',
-    'InputPipeline': 'pipeline',
-    'load_dataset': 'pipeline',
-    'to_model_input': 'preprocess',
-    'resolve_normalization': 'preprocess',
-    'preprocess_image': 'preprocess',
-    'augment_batch': 'augment',
-}
-
-
-def __getattr__(name):
-  if name in _LAZY:
-    module = importlib.import_module(f'{__name__}.{_LAZY[name]}')
-    return getattr(module, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

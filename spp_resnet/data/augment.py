@@ -104,12 +104,6 @@ def _lookup_table() -> np.ndarray:
   return table
 
 
-def dihedral_transforms(image: np.ndarray) -> list[np.ndarray]:
-  """The 8 distinct D4 transforms of an HxW[xC] square image (for tests)."""
-  return [_canonical(t, r, c, image) for t in (False, True) for r in (False, True)
-          for c in (False, True)]
-
-
 def _pair(value, name: str) -> tuple[float, float]:
   lo, hi = (float(v) for v in value)
   if not lo <= hi:

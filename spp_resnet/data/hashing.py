@@ -44,7 +44,3 @@ def perceptual_hash(pixels: np.ndarray) -> int:
   low = coeffs[:_HASH_SIZE, :_HASH_SIZE].flatten()
   bits = low > np.median(low[1:])  # the DC term would dominate the median
   return int(np.packbits(bits).view('>u8')[0])
-
-
-def hamming_distance(a: int, b: int) -> int:
-  return int(a ^ b).bit_count()

@@ -40,6 +40,7 @@ import multiprocessing
 import os
 from typing import Any
 
+import h5py
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -185,14 +186,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def decode_png(data: bytes, dtype: Any = np.uint8) -> np.ndarray:
-  """Decodes a PNG written by `encode_png` back to (H, W, 1) of `dtype`."""
-  with Image.open(io.BytesIO(data)) as image:
-    pixels = np.asarray(image)
-  pixels = pixels.astype(np.dtype(dtype), copy=False)
-  return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
 def phash_hex(pixels: np.ndarray) -> str:
   """The 64-bit perceptual hash as 16 zero-padded lowercase hex characters."""
   return f'{hashing.perceptual_hash(pixels):016x}'
@@ -258,7 +251,6 @@ def read_figshare_mat(data: bytes, name: str = '') -> dict[str, Any]:
   mask (H, W, 1) uint8 with values 0/1, label (1 meningioma, 2 glioma, 3 pituitary)
   and patient_id (str).
   """
-  import h5py  # pylint: disable=g-import-not-at-top
 
   check_bytes(data, name)
   try:

@@ -14,6 +14,8 @@ subset) are ignored.
 
 from typing import Mapping, Sequence
 
+from absl import app, flags
+import ml_collections
 import numpy as np
 
 from spp_resnet.data import splits as splits_lib
@@ -90,9 +92,7 @@ def format_report(metadata: Mapping[str, np.ndarray], report: dict,
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle; grain
   f = flags.FLAGS
   split_config = ml_collections.ConfigDict(dict(
       protocol=f.protocol, per_class=f.per_class, num_test=f.num_test,
@@ -109,7 +109,6 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('dataset', 'brain_tumor', 'Registry name (see pipeline.load_dataset).')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir ("" = default).')
   flags.DEFINE_string('manual_dir', '', 'Where the downloaded archive was unpacked.')
@@ -126,6 +125,5 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(main)

@@ -41,6 +41,8 @@ import numpy as np
 import psutil
 
 from spp_resnet.config_validation import ConfigError
+from spp_resnet.data import leakage as leakage_lib
+from spp_resnet.data import mix as mix_lib
 from spp_resnet.data import phantom
 from spp_resnet.data import preprocess
 from spp_resnet.data import splits as splits_lib
@@ -57,7 +59,6 @@ def load_dataset(name: str, *, data_dir: str = '', manual_dir: str = '', mix: st
   if name == 'phantom' or name.startswith('phantom/'):
     return phantom.load(name)
   if name == 'mix':
-    from spp_resnet.data import mix as mix_lib  # pylint: disable=g-import-not-at-top
     return mix_lib.load(mix, data_dir=data_dir)
   from spp_resnet.data import builders  # pylint: disable=g-import-not-at-top  # TFDS: slow
   return builders.load(name, data_dir=data_dir, manual_dir=manual_dir)
@@ -359,14 +360,6 @@ class TrainBatches(grain.MapDataset):
     return state
 
 
-def train_dataset(num_examples: int, batch_fn: Callable[[np.ndarray], dict], *,
-                  global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> TrainBatches:
-  """Infinite MapDataset of this process's local train batches (see TrainBatches)."""
-  return TrainBatches(num_examples, batch_fn, global_batch_size=global_batch_size,
-                      seed=seed, process_index=process_index, process_count=process_count)
-
-
 # ---- The pipeline ------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -391,6 +384,20 @@ class InputPipeline:
   metadata: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   leakage: dict = dataclasses.field(default_factory=dict)
   build_report: dict = dataclasses.field(default_factory=dict)
+  num_records: int = 0  # images in the pooled dataset
+
+  def split_summary(self) -> dict:
+    """Class counts, sizes and leakage summary of the split (what the pipeline logs)."""
+    info = {'counts': splits_lib.describe(self.metadata, self.split_indices,
+                                          self.class_names),
+            'num_train': int(len(self.split_indices['train'])),
+            'num_test': int(len(self.split_indices['test'])),
+            'num_records': int(self.num_records)}
+    if 'val' in self.split_indices:
+      info['num_val'] = int(len(self.split_indices['val']))
+    if self.leakage:
+      info['leakage'] = self.leakage
+    return info
 
   def close(self):
     """Stops the train iterator's background threads / worker processes."""
@@ -426,7 +433,6 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
                splits_lib.describe(pooled.metadata, split_indices, pooled.class_names))
   leakage = {}
   if all(k in pooled.metadata for k in ('sha256', 'phash')):
-    from spp_resnet.data import leakage as leakage_lib  # pylint: disable=g-import-not-at-top
     leakage = leakage_lib.find_leaks(
         pooled.metadata, split_indices,
         near_duplicate_threshold=int(data_config.split.near_duplicate_threshold))['summary']
@@ -449,9 +455,9 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
       return _CachedBatch(*caches[split])
     return _DecodedBatch(_LoadRecord(pooled.source, split_indices[split], prep))
 
-  train_ds = train_dataset(num_train, batch_fn('train'), global_batch_size=global_batch_size,
-                           seed=seed, process_index=process_index,
-                           process_count=process_count)
+  train_ds = TrainBatches(num_train, batch_fn('train'), global_batch_size=global_batch_size,
+                          seed=seed, process_index=process_index,
+                          process_count=process_count)
   if data_config.cache:
     # Batches are a memory gather (~0.15 ms for 32x224x224): one background thread keeps
     # `prefetch` batches ready. Worker processes would only add IPC here (and a pickled
@@ -496,4 +502,5 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
       metadata=pooled.metadata,
       leakage=leakage,
       build_report=pooled.build_report,
+      num_records=len(pooled.source),
   )

@@ -14,7 +14,8 @@ the JPEG quantization noise already in the sources and far below what the networ
 resolves (the weights were trained on 8-bit photographs).
 
 Device side, inside jit (`to_model_input`): uint8 [B,S,S,1] -> float32 [B,S,S,3] in the
-value convention the pretrained weights expect. The host thus ships uint8 only.
+value convention the pretrained weights expect (`weights.sources.NORMALIZATIONS`, the one
+table of them). The host thus ships uint8 only.
 """
 
 from typing import Sequence
@@ -22,12 +23,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-NORMALIZATIONS = ('none', 'imagenet', 'caffe')
-# torchvision's ImageNet statistics (RGB, on [0, 1] inputs).
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-# keras.applications.resnet50.preprocess_input ('caffe' mode): BGR, [0, 255], mean only.
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+from spp_resnet.weights import sources
+
+NORMALIZATIONS = tuple(sources.NORMALIZATIONS)  # ('none', 'imagenet', 'caffe')
 
 
 def resolve_normalization(normalization: str, pretrained_source: str = '') -> str:
@@ -37,7 +35,6 @@ def resolve_normalization(normalization: str, pretrained_source: str = '') -> st
       # Self-supervised backbones are pretrained from scratch on this project's input
       # ('auto' there is 'none'); training.ssl.load_ssl_backbone checks it.
       return 'none'
-    from spp_resnet.weights import sources  # pylint: disable=g-import-not-at-top
     try:
       return sources.normalization_for_source('' if pretrained_source == 'none'
                                               else pretrained_source)
@@ -151,12 +148,17 @@ def preprocess_image(image: np.ndarray, image_size: int,
 def to_model_input(images, normalization: str):
   """uint8 (or [0,1] float) images [B,H,W,1|3] -> float32 [B,H,W,3] for the network.
 
-  Runs under jit. 'none': [0, 1] RGB; 'imagenet': torchvision's (x - mean) / std on
-  [0, 1] RGB; 'caffe': keras.applications.resnet50.preprocess_input, i.e. [0, 255],
-  RGB -> BGR, minus the ImageNet BGR mean, no scaling. Grayscale inputs are replicated
-  to three channels; a 3-channel input is taken as RGB.
+  Runs under jit. Scales to [0, 1] RGB, then applies `sources.NORMALIZATIONS[
+  normalization]`: 'none': unchanged; 'imagenet': torchvision's (x - mean) / std;
+  'caffe': keras.applications.resnet50.preprocess_input, i.e. [0, 255], RGB -> BGR, minus
+  the ImageNet BGR mean, no scaling. Grayscale inputs are replicated to three channels; a
+  3-channel input is taken as RGB.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  # host workers skip JAX
+  convention = sources.NORMALIZATIONS.get(normalization)
+  if convention is None:
+    raise ValueError(f'Unknown normalization {normalization!r} (resolve "auto" with '
+                     f'resolve_normalization first); expected one of {NORMALIZATIONS}.')
   images = jnp.asarray(images)
   if jnp.issubdtype(images.dtype, jnp.integer):
     x = images.astype(jnp.float32) * (1.0 / 255.0)
@@ -167,14 +169,4 @@ def to_model_input(images, normalization: str):
     x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
   elif channels != 3:
     raise ValueError(f'Expected 1 or 3 channels, got shape {images.shape}.')
-  if normalization == 'none':
-    return x
-  if normalization == 'imagenet':
-    mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
-    return (x - mean) / std
-  if normalization == 'caffe':
-    x = x[..., ::-1] * 255.0
-    return x - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-  raise ValueError(f'Unknown normalization {normalization!r} (resolve "auto" with '
-                   f'resolve_normalization first); expected one of {NORMALIZATIONS}.')
+  return convention.apply(x)

@@ -236,7 +236,7 @@ def t_quantile(probability: float, df: int) -> float:
   """Quantile of Student's t distribution with `df` degrees of freedom."""
   # scipy is a hard dependency of jax, so always installed; scipy.special is a much
   # lighter import than scipy.stats.
-  from scipy import special  # pylint: disable=g-import-not-at-top
+  from scipy import special  # pylint: disable=g-import-not-at-top  # keeps this module cheap
   return float(special.stdtrit(df, probability))
 
 
@@ -254,26 +254,6 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> ConfidenceInte
   std_error = values.std(ddof=1) / math.sqrt(values.size)
   half_width = t_quantile((1.0 + confidence) / 2.0, values.size - 1) * std_error
   return ConfidenceInterval(mean, mean - half_width, mean + half_width)
-
-
-def bootstrap_ci(values: Sequence[float],
-                 confidence: float = 0.95,
-                 num_resamples: int = 10_000,
-                 seed: int = 0) -> ConfidenceInterval:
-  """Mean and percentile-bootstrap interval, e.g. of per-example correctness.
-
-  Unlike `mean_ci` it assumes no normality, but it is too narrow for a handful of
-  values; prefer `mean_ci` over a few folds or seeds.
-  """
-  values = np.asarray(values, np.float64).ravel()
-  if values.size == 0:
-    raise ValueError('bootstrap_ci of no values')
-  rng = np.random.default_rng(seed)
-  resample_indices = rng.integers(0, values.size, (num_resamples, values.size))
-  resampled_means = values[resample_indices].mean(axis=1)
-  tail = (1.0 - confidence) / 2.0
-  low, high = np.quantile(resampled_means, [tail, 1.0 - tail])
-  return ConfidenceInterval(float(values.mean()), float(low), float(high))
 
 
 def wilson_ci(successes: int, trials: int, confidence: float = 0.95) -> ConfidenceInterval:

@@ -69,6 +69,8 @@ import time
 from absl import app, flags, logging
 
 from spp_resnet import cli
+from spp_resnet.data import preprocess
+from spp_resnet.evaluation import metrics as metrics_lib
 from spp_resnet.experiments import report
 from spp_resnet.experiments import runs as runs_lib
 from spp_resnet.experiments.runs import Run, RunnerError
@@ -148,7 +150,6 @@ def variant_overrides(config, variant: str, backbone: str = '') -> dict:
   if backbone:
     over['model.backbone'] = backbone
   if config.data.normalization == 'auto':
-    from spp_resnet.data import preprocess  # pylint: disable=g-import-not-at-top
     over['data.normalization'] = preprocess.resolve_normalization('auto', source)
   return over
 
@@ -184,6 +185,7 @@ def find_weights(config, download: bool | None = None,
 def weights_instructions(config, backbones=()) -> str:
   """Which official files the TL rows of `backbones` (default: the config's) need, and
   where to put them."""
+  # flax: not before --help
   from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
   backbones = list(backbones) or [config.model.backbone]
   files = []
@@ -225,7 +227,6 @@ def paper_accuracy(backbone: str, variant: str, several: bool) -> str:
 
 
 def paper_table3_markdown() -> str:
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
   header = ['model', 'accuracy', 'precision', 'recall', 'F1', 'sensitivity', 'specificity']
   rows = [[f'{backbone_label(b)} {VARIANT_LABELS[v]}', *map(str, values)]
@@ -236,7 +237,6 @@ def build_report(workdir: str, config, runs: list[Run], results: dict[tuple, dic
                  not_run: dict[str, str], argv: list[str], title: str,
                  invocation_wall_s: float) -> tuple[str, dict]:
   """results.md text and results.json content."""
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.models import backbone_label  # pylint: disable=g-import-not-at-top
   date = report.now()
   protocols = list(dict.fromkeys(r.protocol for r in runs))

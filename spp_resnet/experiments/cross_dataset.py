@@ -44,6 +44,12 @@ import time
 from absl import app, flags, logging
 
 from spp_resnet import cli
+from spp_resnet.data import class_mapping
+from spp_resnet.data import mix
+from spp_resnet.data import phantom
+from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.experiments import evaluate_external as ext
+from spp_resnet.experiments import report
 
 FLAGS = flags.FLAGS
 
@@ -113,7 +119,6 @@ def training_datasets(config) -> list[DatasetSpec]:
   """The datasets of a run's config: data.dataset, or every part of a mix."""
   data = config['data']
   if data['dataset'] == 'mix':
-    from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
     return [DatasetSpec(p.dataset, p.manual_dir) for p in mix.parse_mix(data.get('mix', ''))]
   return [DatasetSpec(data['dataset'], data.get('manual_dir', '') or '')]
 
@@ -123,7 +128,6 @@ def _resolved(path: str) -> str:
 
 
 def _phantom_options(name: str):
-  from spp_resnet.data import phantom  # pylint: disable=g-import-not-at-top
   try:
     return phantom.parse_name(name)
   except Exception:  # pylint: disable=broad-except  # then compare the names
@@ -209,9 +213,8 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
   Returns:
     The JSON summary written to OUT/cross_dataset.json.
   """
+  # jax: not before --help
   import jax  # pylint: disable=g-import-not-at-top
-  from spp_resnet.data import class_mapping  # pylint: disable=g-import-not-at-top
-  from spp_resnet.experiments import evaluate_external as ext  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import restore  # pylint: disable=g-import-not-at-top
 
   for name in list(runs) + list(datasets):
@@ -264,14 +267,12 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
                            step=summary.get('step'))
 
-  device = jax.devices()[0]
   argv = list(sys.argv if argv is None else argv)
   result = {
       'command': ('python -m spp_resnet.experiments.cross_dataset '
                   + ' '.join(shlex.quote(a) for a in argv[1:])),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-      'device': f'{jax.device_count()} x {device.device_kind} ({device.platform}); '
-                f'jax.devices()[0] = {device}',
+      'device': f'{report.device()}; jax.devices()[0] = {jax.devices()[0]}',
       'out': os.path.abspath(out),
       'metrics': [key for key, _ in METRICS],
       'runs': run_info,
@@ -302,7 +303,6 @@ def _cell_text(cell: dict, key: str) -> str:
 
 def format_report(result: dict) -> str:
   """cross_dataset.md from the JSON summary."""
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   runs, datasets, cells = result['runs'], result['datasets'], result['cells']
   lines = ['# Cross-dataset evaluation', '',
            f'- Command: `{result["command"]}`',

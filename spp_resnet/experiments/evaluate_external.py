@@ -41,6 +41,8 @@ import numpy as np
 from spp_resnet import cli
 # The mapping rules live in the data layer (data.mix uses them too).
 from spp_resnet.data.class_mapping import MappingError, map_classes
+from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.experiments import report
 
 FLAGS = flags.FLAGS
 
@@ -52,9 +54,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
                       ignore_classes: list[str] | None = None, step: int | None = None,
                       batch_size: int = 0, argv: list[str] | None = None) -> dict:
   """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor below)
   from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import restore, train  # pylint: disable=g-import-not-at-top
 
@@ -100,7 +101,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   mapped = {name: (model_classes[m] if m >= 0 else '(left out)')
             for name, m in zip(pooled.class_names, mapping)}
   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-  device = f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.devices()[0].platform})'
+  device = report.device()
   command = ('python -m spp_resnet.experiments.evaluate_external '
              + ' '.join((argv or sys.argv)[1:]))
   wall = time.perf_counter() - start

@@ -18,6 +18,9 @@ import shlex
 
 import numpy as np
 
+from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.experiments import runs
+
 METRICS = (('accuracy', 'accuracy'), ('precision', 'precision'),
            ('recall', 'recall / sensitivity'), ('specificity', 'specificity'),
            ('f1', 'F1'), ('roc_auc', 'ROC AUC'))
@@ -61,7 +64,6 @@ def higher_is_better(metric: str) -> bool:
 
 def ci(values) -> dict | None:
   """Mean and 95% t-interval of the values that are there (None and nan dropped)."""
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   values = [v for v in values if v is not None and not math.isnan(v)]
   if not values:
     return None
@@ -120,7 +122,6 @@ def aggregate(results: list[dict]) -> dict:
 
 def describe_repeats(names: list[str], protocol: str, config) -> tuple[str, bool]:
   """('3 folds (fold0, ...)', is k-fold) for a caption."""
-  from spp_resnet.experiments import runs  # pylint: disable=g-import-not-at-top
   kfold = protocol in runs.KFOLD_PROTOCOLS and any(n.startswith('fold') or '_fold' in n
                                                     for n in names)
   if kfold:
@@ -174,7 +175,8 @@ def leakage_line(results: list[dict]) -> str:
 
 
 def device() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
+  """'N x KIND (platform), jax VERSION[, CPU cores and load], HOST' of the reports."""
+  import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor plots, writers)
   d = jax.devices()[0]
   kind = getattr(d, 'device_kind', d.platform)
   cpus = os.cpu_count()
@@ -202,7 +204,6 @@ def now() -> str:
 def header(heading: str, command: str, config, device_text: str, date: str,
            swept=()) -> list[str]:
   """The first lines of a results page: what was run, on what, and when."""
-  from spp_resnet.experiments import runs  # pylint: disable=g-import-not-at-top
   data = config.data
 
   def value(field, text='{}'):  # a swept field has no one value
@@ -243,7 +244,6 @@ def plot_runs(workdir: str, prefix: str, variant_results: Mapping[str, list[dict
   Files are WORKDIR/plots/{roc,confusion,curves}_PREFIX[_VARIANT].png; `run_dir(variant,
   repeat)` is where a run's metrics.jsonl is.
   """
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import writers  # pylint: disable=g-import-not-at-top
   plot_dir = os.path.join(workdir, 'plots')

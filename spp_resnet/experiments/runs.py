@@ -135,6 +135,7 @@ def reductions(config, exclude=()) -> list[str]:
   The repeat fields and `exclude` (what the runner varies) are left out.
   """
   try:
+    # a checkout's, absent when installed
     from configs import default  # pylint: disable=g-import-not-at-top
   except ImportError:
     return []
@@ -163,29 +164,6 @@ def to_json(value):
 # ---------------------------------------------------------------------------------------
 # Running.
 
-def split_info(run: Run, cache: dict) -> dict:
-  """Class counts and the leakage summary of a run's split (what the pipeline logs)."""
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from spp_resnet.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
-  data = run.config.data
-  key = (data.dataset, data.data_dir, data.manual_dir, data.get('mix', ''))
-  if key not in cache:
-    cache[key] = pipeline_lib.pooled_from_config(data)
-  pooled = cache[key]
-  split = splits_lib.make_splits(pooled.metadata, data.split)
-  info = {'counts': splits_lib.describe(pooled.metadata, split, pooled.class_names),
-          'num_train': int(len(split['train'])), 'num_test': int(len(split['test'])),
-          'num_records': int(len(pooled.source))}
-  if 'val' in split:
-    info['num_val'] = int(len(split['val']))
-  if all(k in pooled.metadata for k in ('sha256', 'phash')):
-    from spp_resnet.data import leakage as leakage_lib  # pylint: disable=g-import-not-at-top
-    info['leakage'] = leakage_lib.find_leaks(
-        pooled.metadata, split,
-        near_duplicate_threshold=int(data.split.near_duplicate_threshold))['summary']
-  return info
-
-
 def load_result(run: Run) -> dict | None:
   """The run's result.json; None if unfinished; RunnerError if of another config."""
   path = os.path.join(run.workdir, 'result.json')
@@ -200,12 +178,11 @@ def load_result(run: Run) -> dict | None:
   return result
 
 
-def train_one(run: Run, split_cache: dict, keep_checkpoint: bool) -> dict:
+def train_one(run: Run, keep_checkpoint: bool) -> dict:
   """Trains and evaluates one run; writes and returns its result.json content."""
+  # jax: not before --help
   from spp_resnet.training import train  # pylint: disable=g-import-not-at-top
-  info = split_info(run, split_cache)
-  logging.info('=== %s / %s / %s: train %d, test %d, %s', run.protocol, run.variant,
-               run.repeat, info['num_train'], info['num_test'], info.get('leakage'))
+  logging.info('=== %s / %s / %s', run.protocol, run.variant, run.repeat)
   start = time.perf_counter()
   result = train.train_and_evaluate(run.config, run.workdir)
   wall = time.perf_counter() - start
@@ -216,7 +193,7 @@ def train_one(run: Run, split_cache: dict, keep_checkpoint: bool) -> dict:
       'probs': np.asarray(result.probs).tolist(),
       'labels': np.asarray(result.labels).tolist(),
       'selection': to_json(result.selection),  # None without a validation split
-      'split': info, 'wall_s': wall,
+      'split': result.split, 'wall_s': wall,  # the pipeline logged it at the start
       'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'config_fields': to_json(comparable(run.config)),
   }
@@ -243,14 +220,14 @@ def collect(runs: list[Run], *, trainable: Callable[[Run], bool] = lambda run: T
   config is refused before any time is spent.
   """
   finished = {run.key: load_result(run) for run in runs}
-  results, split_cache, first_seen = {}, {}, set()
+  results, first_seen = {}, set()
   for run in runs:
     result = finished[run.key]
     if result is None and trainable(run) and not report_only:
       # 'first': the first repeat's checkpoint of each variant (for evaluate_external).
       keep = (keep_checkpoints == 'all' or
               (keep_checkpoints == 'first' and (run.protocol, run.variant) not in first_seen))
-      result = train_one(run, split_cache, keep)
+      result = train_one(run, keep)
     first_seen.add((run.protocol, run.variant))
     if result is not None:
       results[run.key] = result

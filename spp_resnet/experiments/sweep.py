@@ -51,6 +51,8 @@ import time
 from absl import app, flags
 
 from spp_resnet import cli
+from spp_resnet import config_validation
+from spp_resnet.evaluation import metrics as metrics_lib
 from spp_resnet.experiments import report
 from spp_resnet.experiments import runs as runs_lib
 from spp_resnet.experiments.runs import Run, RunnerError
@@ -252,6 +254,7 @@ def log_scale(values) -> bool:
 def plot_grid(workdir: str, grid: Grid, grid_points: dict[str, dict],
               aggregates: dict[str, dict], selected: str | None) -> list[str]:
   """WORKDIR/plots/<metric>_vs_<field>.png for every metric and swept field."""
+  # matplotlib: not before --help
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
   made = []
   for field, values in grid:
@@ -290,7 +293,6 @@ def build_report(workdir: str, config, grid: Grid, grid_points: dict[str, dict],
                  runs: list[Run], results: dict[tuple, dict], select_metric: str,
                  argv: list[str], title: str, invocation_wall_s: float) -> tuple[str, dict]:
   """results.md text and results.json content."""
-  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   date = report.now()
   device = report.device()
   command = report.command_line(_MODULE, argv)
@@ -419,7 +421,6 @@ def build_report(workdir: str, config, grid: Grid, grid_points: dict[str, dict],
 def prepare(config, workdir: str, sweep, folds: int, seeds: list[int]
             ) -> tuple[Grid, dict[str, dict], list[Run]]:
   """Grid, points and runs; every run's config checked. Writes nothing."""
-  from spp_resnet import config_validation  # pylint: disable=g-import-not-at-top
   grid = parse_grid(config, grid_specs(config, sweep))
   grid_points, runs = plan(config, workdir, grid, folds, seeds)
   for run in runs:

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spp_resnet import cli
+from spp_resnet.data import phantom
+from spp_resnet.training import restore
 from spp_resnet.training import train as train_lib
 
 FLAGS = flags.FLAGS
@@ -163,7 +165,7 @@ def to_onnx(restored):
   # is absent; this model needs neither.
   std_logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(std_logging.ERROR)
   try:
-    import jax2onnx  # pylint: disable=g-import-not-at-top
+    import jax2onnx  # pylint: disable=g-import-not-at-top  # optional (these 3)
   except ImportError:
     raise ImportError("ONNX export needs jax2onnx: pip install 'spp_resnet[onnx]' && pip "
                       'install --no-deps jax2onnx==0.17.1') from None
@@ -194,7 +196,6 @@ def onnx_max_abs_diff(path: str, restored, images: np.ndarray) -> float:
 
 def sample_images(restored, count: int = 8) -> np.ndarray:
   """A few SYNTHETIC phantom slices, prepared as the run's inputs (for the ONNX check)."""
-  from spp_resnet.data import phantom  # pylint: disable=g-import-not-at-top
   return np.stack([restored.prepare(phantom.generate(0, i, restored.image_size)[0])
                    for i in range(count)])
 
@@ -203,7 +204,6 @@ def export(workdir: str, model_format: str = 'stablehlo', out: str = '', *,
            step: int | None = None, platforms: Sequence[str] = ('cpu', 'cuda', 'tpu')) -> str:
   """Writes WORKDIR's model as `model_format` to `out` (default WORKDIR/export/model.*)
   and its description to OUT.json; returns `out`."""
-  from spp_resnet.training import restore  # pylint: disable=g-import-not-at-top
   if model_format not in FORMATS:
     raise ValueError(f'--format must be one of {sorted(FORMATS)}, got {model_format!r}')
   restored = restore.restore_for_inference(workdir, step)

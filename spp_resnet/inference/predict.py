@@ -47,6 +47,7 @@ from spp_resnet import cli
 from spp_resnet.inference import gradcam as gradcam_lib
 from spp_resnet.inference import readers
 from spp_resnet.training import parallel
+from spp_resnet.training import restore
 
 FLAGS = flags.FLAGS
 LOG_EVERY_SECONDS = 10.0
@@ -181,7 +182,6 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None, **kwargs) -> Predictor:
     """The run's kept checkpoint and threshold (`restore.restore_for_inference`)."""
-    from spp_resnet.training import restore  # pylint: disable=g-import-not-at-top
     return cls(restore.restore_for_inference(workdir, step), **kwargs)
 
   @property

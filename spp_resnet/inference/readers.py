@@ -133,7 +133,7 @@ def parse_window(value: str) -> str | tuple[float, float]:
 def read_dicom(path: str, window: str | tuple[float, float] = 'file') -> list[np.ndarray]:
   """The frames of a DICOM file, in physical units and windowed (module docstring)."""
   try:
-    import pydicom  # pylint: disable=g-import-not-at-top
+    import pydicom  # pylint: disable=g-import-not-at-top  # optional (and nibabel)
     from pydicom import pixels as dicom_pixels  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise _missing('pydicom', 'dicom') from None

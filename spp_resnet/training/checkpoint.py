@@ -53,14 +53,12 @@ def _reason(error: Exception) -> str:
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, *, keep: int = 3, save_every_steps: int = 0,
-               name: str = 'checkpoints'):
+  def __init__(self, workdir: str, *, keep: int = 3, name: str = 'checkpoints'):
     self.directory = os.path.join(os.path.abspath(workdir), name)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=('state', 'data'))
-    self.save_every_steps = save_every_steps
     self.restored_step: int | None = None  # the step the last `restore` read
 
   def latest_step(self) -> int | None:

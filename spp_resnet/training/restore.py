@@ -49,10 +49,6 @@ def _tuples(value):
   return value
 
 
-def is_run(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, CONFIG_FILE))
-
-
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with, from WORKDIR/config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -69,7 +65,8 @@ def load_class_names(workdir: str, config: ml_collections.ConfigDict) -> list[st
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return list(json.load(f))
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # runs from before class_names.json only
+  # runs from before class_names.json only
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   logging.warning('%s is missing (a run from before it was written); taking the class '
                   'names from the training dataset %s.', path, config.data.dataset)
   try:
@@ -141,7 +138,8 @@ class RestoredModel:
   @property
   def preprocessor(self) -> Any:
     """The run's host preprocessing (`data.pipeline.Preprocessor`), picklable."""
-    from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # TFDS only when used
+    # TFDS only when used
+    from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
     return pipeline_lib.Preprocessor.from_config(self.config.data)
 
   def probs(self, images: np.ndarray) -> np.ndarray:
@@ -212,7 +210,8 @@ def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None =
                         overrides: dict[str, Any] | None = None) -> train_lib.EvalResult:
   """WORKDIR's model (see `restore_for_inference`) on `split` of its own dataset and
   split protocol, at its decision threshold: reproduces the run's final metrics."""
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  # inference alone needs no dataset
+  # inference alone needs no dataset
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
                             'check --workdir, or train first with --mode=train.')

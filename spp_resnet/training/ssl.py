@@ -54,9 +54,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
+from absl import app, flags, logging
 from flax import nnx
+from ml_collections import config_flags
 
+from spp_resnet import cli
 from spp_resnet import config_validation
 from spp_resnet import models
 from spp_resnet.config_validation import ConfigError
@@ -379,7 +381,7 @@ class Experiment:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   mesh = parallel.create_mesh()
   pool = build_pool(config, num_workers=int(config.data.num_workers))
-  batches = pipeline_lib.train_dataset(
+  batches = pipeline_lib.TrainBatches(
       len(pool.images), _PoolBatch(pool.images), global_batch_size=config.batch_size,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
   prefetch = max(0, int(config.data.prefetch_buffer))
@@ -387,8 +389,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)))
   total_steps = batches.steps_per_epoch * config.num_epochs
   tx = create_optimizer(config.optimizer, batches.steps_per_epoch, config.num_epochs)
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, save_every_steps=config.checkpoint_every_steps)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   graphdef, encoder_graphdef, state = create_state(
       config, tx, mesh, abstract=checkpointer.latest_step() is not None)
   normalization = preprocess.resolve_normalization(config.data.normalization, '')
@@ -513,10 +514,8 @@ def load_ssl_backbone(model: nnx.Module, workdir: str, *,
 # Command line.
 
 def main(argv):
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from spp_resnet import cli  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed()
   with cli.exit_on_user_error(train_lib.TrainingDivergedError,
                               workdir_lock.WorkdirLockedError):
@@ -528,8 +527,6 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and pool.json.')
   config_flags.DEFINE_config_file('config', None, 'An ml_collections config with an ssl '
                                   'section (configs/ssl.py).', lock_config=True)
@@ -537,6 +534,5 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from spp_resnet import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   cli.run(main)

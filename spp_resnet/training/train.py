@@ -301,8 +301,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       process_index=jax.process_index(), process_count=jax.process_count(),
       pretrained_source=config.pretrained.source)
   tx = create_optimizer(config.optimizer, pipeline.steps_per_epoch, config.num_epochs)
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, save_every_steps=config.checkpoint_every_steps)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   # A resumed run restores every weight: build only the restore target.
   graphdef, state = create_train_state(config, pipeline.num_classes, tx, mesh,
                                        abstract=checkpointer.latest_step() is not None)
@@ -326,6 +325,7 @@ class EvalResult:
   step: int | None = None
   threshold: float | None = None  # binary: P(positive) >= threshold is positive
   selection: dict | None = None   # the run's model selection (selection.json), if any
+  split: dict | None = None  # train_and_evaluate: InputPipeline.split_summary() of the run
 
   def table(self) -> str:
     table = metrics_lib.format_table(self.metrics, self.confusion, self.class_names)
@@ -685,7 +685,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
     final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
   writer.close()
   pipeline.close()
-  return final
+  return dataclasses.replace(final, split=pipeline.split_summary())
 
 
 def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+import orbax.checkpoint as ocp
+from PIL import Image
 
 from spp_resnet import models
 from spp_resnet.models.layers import Backbone
@@ -174,7 +176,6 @@ def _path(key: str) -> tuple:
 
 
 def _checkpointer():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   # Each process writes its own (local) copy: no cross-host barriers.
   me = jax.process_index()
   mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
@@ -344,7 +345,6 @@ def _digest_info(check: DigestCheck) -> dict:
 
 
 def _load_image(path: str, convention: sources.InputConvention) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   img = Image.open(path).convert('RGB')
   w, h = img.size
   scale = 256 / min(w, h)  # shorter side 256, centre crop 224

@@ -26,6 +26,7 @@ import os
 import re
 import string
 
+import h5py
 import numpy as np
 
 from spp_resnet.models import backbone_label as label
@@ -63,7 +64,6 @@ def _attr_list(group, name: str) -> list[str] | None:
 
 def read_h5(path: str | os.PathLike) -> tuple[dict[str, list[tuple[str, np.ndarray]]], dict]:
   """Layer name -> [(weight name, array)] in file order, and the root's attributes."""
-  import h5py  # pylint: disable=g-import-not-at-top
   path = str(path)
   try:
     f = h5py.File(path, 'r')

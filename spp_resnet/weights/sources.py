@@ -87,9 +87,9 @@ class InputConvention:
   def apply(self, images):
     if self.name == 'none':
       return images
-    x = images * self.scale if self.scale != 1.0 else images
-    if self.channel_order == 'BGR':
-      x = x[..., ::-1]
+    x = images[..., ::-1] if self.channel_order == 'BGR' else images
+    if self.scale != 1.0:
+      x = x * self.scale
     dtype = getattr(x, 'dtype', np.float32)
     x = x - np.asarray(self.mean, dtype)
     if self.std != (1.0, 1.0, 1.0):
@@ -97,18 +97,18 @@ class InputConvention:
     return x
 
 
-NORMALIZATIONS: dict[str, InputConvention] = {
+NORMALIZATIONS: dict[str, InputConvention] = {  # data.preprocess.to_model_input applies it
+    'none': InputConvention('none', 'RGB', 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+                            'RGB, 0-1, unchanged'),
+    # torchvision: ToTensor() (RGB, 0..1) then Normalize(mean, std).
+    'imagenet': InputConvention(
+        'imagenet', 'RGB', 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+        'RGB, 0-1, (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)'),
     # keras.applications.imagenet_utils.preprocess_input(mode='caffe'): RGB -> BGR on
     # 0..255, minus the BGR ImageNet mean, no scaling (the weights come from Caffe).
     'caffe': InputConvention(
         'caffe', 'BGR', 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
         'BGR, 0-255, minus the ImageNet mean (103.939, 116.779, 123.68)'),
-    # torchvision: ToTensor() (RGB, 0..1) then Normalize(mean, std).
-    'imagenet': InputConvention(
-        'imagenet', 'RGB', 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-        'RGB, 0-1, (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)'),
-    'none': InputConvention('none', 'RGB', 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
-                            'RGB, 0-1, unchanged'),
 }
 
 

@@ -27,6 +27,7 @@ import struct
 import zipfile
 from typing import Any
 
+import ml_dtypes  # a dependency of jax
 import numpy as np
 
 from spp_resnet.models import backbone_label as label
@@ -41,7 +42,6 @@ from spp_resnet.weights.sources import (ArchitectureMismatchError, ConvertedWeig
 
 
 def _bfloat16():
-  import ml_dtypes  # pylint: disable=g-import-not-at-top  (a dependency of jax)
   return np.dtype(ml_dtypes.bfloat16)
 
 
@@ -264,7 +264,7 @@ def read_pth_pure(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_pth_torch(path: str | os.PathLike) -> dict[str, Any]:
   """Reads with torch.load(weights_only=True); tensors become NumPy arrays."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  # optional (tests)
   path = str(path)
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)

@@ -40,6 +40,7 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
 
 from spp_resnet.data.builders import _common
@@ -94,7 +95,6 @@ class PilImageDecoder(tfds.decode.Decoder):
     raise NotImplementedError('PilImageDecoder only decodes to NumPy (data sources).')
 
   def decode_example_np(self, serialized_example):
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     with Image.open(io.BytesIO(serialized_example)) as image:
       pixels = np.asarray(image)
     pixels = pixels.astype(self.feature.np_dtype, copy=False)
