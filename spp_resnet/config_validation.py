@@ -95,8 +95,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            and 0 <= percentiles[0] < percentiles[1] <= 100, 'data.contrast_percentiles',
            'must be (low, high) with 0 <= low < high <= 100, e.g. (1.0, 99.0)',
            tuple(percentiles) if isinstance(percentiles, (tuple, list)) else percentiles)
-  _choice(config, 'data.normalization', ('auto', 'none', 'imagenet', 'caffe'))
-  _choice(config, 'data.split.protocol', ('paper', 'stratified', 'grouped', 'original'))
+  # The allowed values come from the registries that implement them.
+  from spp_resnet.data import preprocess, splits  # pylint: disable=g-import-not-at-top
+  _choice(config, 'data.normalization', ('auto', *preprocess.NORMALIZATIONS))
+  _choice(config, 'data.split.protocol', splits.PROTOCOLS)
   split = data.split
   for field in ('per_class', 'num_test', 'num_folds', 'max_per_class'):
     _require(isinstance(split[field], int) and split[field] >= 0, f'data.split.{field}',
@@ -137,12 +139,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.data.mix={data.get('mix', '')!r}: {e}") from None
 
   model = config.model
-  from spp_resnet.models import BACKBONES  # Deferred: models import flax.
+  from spp_resnet.models import BACKBONES, COMPUTE_DTYPES  # pylint: disable=g-import-not-at-top  # flax
   _choice(config, 'model.backbone', tuple(sorted(BACKBONES)))
   _choice(config, 'model.variant', ('v1', 'v1.5'))
   _choice(config, 'model.pooling', ('spp', 'gap'))
   _choice(config, 'model.spp_mode', ('max', 'avg'))
-  _choice(config, 'model.compute_dtype', ('float32', 'bfloat16'))
+  _choice(config, 'model.compute_dtype', tuple(COMPUTE_DTYPES))
   levels = tuple(model.spp_levels)
   _require(len(levels) > 0 and all(isinstance(n, int) and n >= 1 for n in levels),
            'model.spp_levels', 'must be positive integers, e.g. (1, 4, 8)', levels)
@@ -196,5 +198,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
            sel.early_stopping_patience)
   _require(sel.metric in metrics.SELECTION_METRICS, 'selection.metric',
            f'must be one of {", ".join(map(repr, metrics.SELECTION_METRICS))}', sel.metric)
-  _choice(config, 'freeze.backbone_up_to',
-          ('none', 'all', 'stem', 'stage1', 'stage2', 'stage3', 'stage4'))
+  from spp_resnet.training.train import FREEZE_STAGES  # pylint: disable=g-import-not-at-top  # cycle
+  _choice(config, 'freeze.backbone_up_to', ('none', 'all', *FREEZE_STAGES))

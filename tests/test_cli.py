@@ -35,7 +35,7 @@ def test_the_last_override_of_a_field_wins():
     ('num_epochs', 0, 'must be >= 1'),
     ('data.image_size', 16, 'must be >= 32'),
     ('data.contrast_percentiles', (99.0, 1.0), 'low < high'),
-    ('data.split.protocol', 'random', "must be one of 'paper'"),
+    ('data.split.protocol', 'random', "must be one of 'original', 'paper'"),
     ('data.split.num_folds', 1, 'must be 0 (holdout) or >= 2'),
     ('data.split.fold', 3, 'must be in [0, num_folds=3)'),
     ('data.split.test_fraction', 1.0, 'must be in (0, 1)'),

@@ -65,7 +65,7 @@ def _zero_sums() -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------
 # Model, loss and freezing.
 
-_STAGES = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
+FREEZE_STAGES = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
 
 
 def frozen_filter(freeze_up_to: str) -> Callable[[tuple, Any], bool]:
@@ -74,10 +74,10 @@ def frozen_filter(freeze_up_to: str) -> Callable[[tuple, Any], bool]:
     return lambda path, _: False
   if freeze_up_to == 'all':
     return lambda path, _: path[0] == 'backbone'
-  if freeze_up_to not in _STAGES:
+  if freeze_up_to not in FREEZE_STAGES:
     raise ValueError(f'config.freeze.backbone_up_to: {freeze_up_to!r} is not one of '
-                     f"'none', 'all', {', '.join(map(repr, _STAGES))}")
-  last = _STAGES.index(freeze_up_to)  # 0 = stem only, k = stem and stages 1..k
+                     f"'none', 'all', {', '.join(map(repr, FREEZE_STAGES))}")
+  last = FREEZE_STAGES.index(freeze_up_to)  # 0 = stem only, k = stem and stages 1..k
 
   def frozen(path, _):
     if path[0] != 'backbone':
@@ -93,7 +93,7 @@ def frozen_stage_count(freeze_up_to: str) -> int:
   """How many leading backbone parts (stem, stage1, ...) `freeze_up_to` freezes."""
   if freeze_up_to == 'none':
     return 0
-  return len(_STAGES) if freeze_up_to == 'all' else _STAGES.index(freeze_up_to) + 1
+  return len(FREEZE_STAGES) if freeze_up_to == 'all' else FREEZE_STAGES.index(freeze_up_to) + 1
 
 
 def logits_to_probs(logits: jax.Array) -> jax.Array:
