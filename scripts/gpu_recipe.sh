@@ -13,8 +13,8 @@
 #      allows;
 #   7. self-supervised (BYOL) pretraining as a stand-in for ImageNet weights
 #      (configs/ssl.py), then the recipe fine-tuned from it: the `+SSL` row. Alone, with
-#      the recipe from random init beside it and both in the cross-dataset matrix (about
-#      3 minutes of H200 time):
+#      the recipe from random init beside it and both in the cross-dataset matrix (estimated, not
+#      measured: about 3 minutes of H200 time):
 #        STAGES='^(recipe|ssl-pretrain|recipe-ssl)$' BUDGET=240 CROSS_SECONDS=45 bash scripts/gpu_recipe.sh
 # Every stage runs under `timeout` against one deadline; results land in $OUT as they
 # come (results.tgz: every run's config, metrics, selection and the logs, no checkpoints).
