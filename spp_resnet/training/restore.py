@@ -225,11 +225,10 @@ def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None =
         + ('' if has_val else ' (it was trained without a validation split)') + '.')
   restored = restore_for_inference(workdir, step, overrides)
   config = restored.config
-  for field in ('eval_batch_size',):
-    if config[field] % jax.device_count():
-      raise config_validation.ConfigError(
-          f'config.{field}={config[field]}: must be divisible by the number of devices '
-          f'({jax.device_count()}).')
+  if config.eval_batch_size % jax.device_count():
+    raise config_validation.ConfigError(
+        f'config.eval_batch_size={config.eval_batch_size}: must be divisible by the number '
+        f'of devices ({jax.device_count()}).')
   pipeline = pipeline_lib.create_input_pipeline(
       config.data, global_batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed,
