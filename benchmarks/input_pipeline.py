@@ -36,7 +36,7 @@ from absl import flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spp_resnet.data import batching, pipeline, preprocess, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATASETS = flags.DEFINE_multi_string(
     'dataset', [], 'NAME=MANUAL_DIR of a real dataset (repeatable).')
@@ -72,7 +72,7 @@ def _throughput(it, batches, warmup, batch_size):
 
 
 def _measure(name, manual_dir, workers):
-  pooled = pipeline.load_pooled(name, data_dir=_DATA_DIR.value, manual_dir=manual_dir)
+  pooled = sources.load_pooled(name, data_dir=_DATA_DIR.value, manual_dir=manual_dir)
   protocol = 'original' if {'train', 'test'} <= set(pooled.metadata['origin']) else 'stratified'
   rows = []
   config = _config(name, manual_dir, cache=False, workers=workers)
@@ -84,8 +84,8 @@ def _measure(name, manual_dir, workers):
   rows.append((name, p.num_train, 'uncached: decode + preprocess', workers, rate))
 
   start = time.perf_counter()  # the cache build alone, as create_input_pipeline runs it
-  prep = pipeline.Preprocessor(_IMAGE_SIZE.value, tuple(config.contrast_percentiles))
-  pipeline.preprocess_split(pooled.source, p.split_indices['train'], prep,
+  prep = preprocess.Preprocessor(_IMAGE_SIZE.value, tuple(config.contrast_percentiles))
+  batching.preprocess_split(pooled.source, p.split_indices['train'], prep,
                             num_workers=workers)
   build = p.num_train / (time.perf_counter() - start)
   rows.append((name, p.num_train, 'cache build (whole train split)', workers, build))
@@ -108,7 +108,7 @@ def main(argv):
     datasets.append((_PHANTOM.value, ''))
   rows = []
   for name, manual_dir in datasets:
-    pipeline.load_pooled(name, data_dir=_DATA_DIR.value, manual_dir=manual_dir)  # prepare
+    sources.load_pooled(name, data_dir=_DATA_DIR.value, manual_dir=manual_dir)  # prepare
     for workers in _WORKERS.value:
       rows += _measure(name, manual_dir, int(workers))
   try:

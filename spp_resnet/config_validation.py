@@ -83,9 +83,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
 
   data = config.data
-  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle (below too)
+  from spp_resnet.data import sources  # pylint: disable=g-import-not-at-top  # cycle (below too)
   try:
-    pipeline.check_dataset_name(data.dataset)
+    sources.check_dataset_name(data.dataset)
   except ValueError as e:
     raise ConfigError(f'config.data.dataset={data.dataset!r}: {e}') from None
   _require(data.image_size >= 32, 'data.image_size', 'must be >= 32 pixels', data.image_size)
@@ -134,7 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from spp_resnet.data import mix  # pylint: disable=g-import-not-at-top
     try:
       for part in mix.parse_mix(data.get('mix', '')):
-        pipeline.check_dataset_name(part.dataset)
+        sources.check_dataset_name(part.dataset)
     except ValueError as e:
       raise ConfigError(f"config.data.mix={data.get('mix', '')!r}: {e}") from None
 

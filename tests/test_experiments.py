@@ -222,12 +222,12 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
   """The paper-protocol run's own test images, written as PNGs under other class names,
   give back exactly the metrics the run reported."""
   from PIL import Image
-  from spp_resnet.data import pipeline
+  from spp_resnet.data import sources
   tmp, workdir, _ = ablation_run
   run_dir = workdir / 'runs' / 'paper' / 'basic' / 'split0'
   config = restore.load_run_config(str(run_dir))
   assert tuple(config.model.head_hidden) == (32,)
-  pooled = pipeline.load_pooled(config.data.dataset)
+  pooled = sources.load_pooled(config.data.dataset)
   test_idx = splits_lib.make_splits(pooled.metadata, config.data.split)['test']
   folder = tmp / 'outside'
   names = {0: 'Healthy', 1: 'Tumor'}

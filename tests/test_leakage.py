@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from spp_resnet.data import leakage
-from spp_resnet.data import pipeline
+from spp_resnet.data import sources
 from spp_resnet.data import splits
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -27,7 +27,7 @@ def no_tumor(tmp_path_factory):
     os.symlink(os.path.abspath(os.path.join(REAL, split, 'no_tumor')),
                manual / split / 'no_tumor')
   data_dir = tmp_path_factory.mktemp('tfds')
-  pooled = pipeline.load_pooled('brain_tumor_mri', data_dir=str(data_dir),
+  pooled = sources.load_pooled('brain_tumor_mri', data_dir=str(data_dir),
                                 manual_dir=str(manual))
   return pooled, str(manual), str(data_dir)
 

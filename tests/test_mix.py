@@ -14,6 +14,7 @@ from spp_resnet import config_validation
 from spp_resnet.data import class_mapping
 from spp_resnet.data import mix
 from spp_resnet.data import pipeline
+from spp_resnet.data import sources
 from spp_resnet.data import splits as splits_lib
 
 DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -89,7 +90,7 @@ def folders(tmp_path_factory):
 def test_mix_of_two_folders_and_the_input_pipeline(folders, tmp_path):
   root, a, b = folders
   spec = f'image_folder={a};image_folder={b}'
-  pooled = pipeline.load_pooled('mix', data_dir=str(tmp_path), mix=spec)
+  pooled = sources.load_pooled('mix', data_dir=str(tmp_path), mix=spec)
   meta = pooled.metadata
   assert pooled.class_names == ['no_tumor', 'tumor']  # A's no/yes is a tumor task
   assert len(pooled.source) == 16 + 9
@@ -140,13 +141,13 @@ def test_mix_of_two_folders_and_the_input_pipeline(folders, tmp_path):
 def test_mix_errors(folders, tmp_path):
   root, a, _ = folders
   with pytest.raises(ValueError, match="data.mix part 'nosuch'.*Unknown dataset"):
-    pipeline.load_pooled('mix', data_dir=str(tmp_path), mix=f'image_folder={a};nosuch=/x')
+    sources.load_pooled('mix', data_dir=str(tmp_path), mix=f'image_folder={a};nosuch=/x')
   odd = root / 'odd'
   for cls in ('cats', 'yes'):
     _image(odd / cls / 'x.png', 99)
   with pytest.raises(class_mapping.MappingError,
                      match=r"part 'image_folder#2': its classes \['cats'\]"):
-    pipeline.load_pooled('mix', data_dir=str(tmp_path), mix=f'image_folder={a};'
+    sources.load_pooled('mix', data_dir=str(tmp_path), mix=f'image_folder={a};'
                          f'image_folder={odd}')
 
 
@@ -157,7 +158,7 @@ def test_mix_errors(folders, tmp_path):
 def test_bohaju_and_figshare(tmp_path):
   from spp_resnet.data import builders
   spec = f'brain_tumor={BOHAJU};figshare_brain_tumor={FIGSHARE}'
-  pooled = pipeline.load_pooled('mix', data_dir=str(tmp_path), mix=spec)
+  pooled = sources.load_pooled('mix', data_dir=str(tmp_path), mix=spec)
   meta = pooled.metadata
   assert pooled.class_names == ['no_tumor', 'tumor']
   assert len(pooled.source) == 316 + 222
@@ -178,5 +179,5 @@ def test_bohaju_and_figshare(tmp_path):
   assert int(record['label']) == 1 and record['image'].dtype == np.uint16
   # The first part sets the classes: figshare's three tumor types have no 'no_tumor'.
   with pytest.raises(class_mapping.MappingError, match=r"part 'brain_tumor'.*no_tumor"):
-    pipeline.load_pooled('mix', data_dir=str(tmp_path),
+    sources.load_pooled('mix', data_dir=str(tmp_path),
                          mix=f'figshare_brain_tumor={FIGSHARE};brain_tumor={BOHAJU}')

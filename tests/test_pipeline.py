@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from configs import default
+from spp_resnet.data import batching
 from spp_resnet.data import pipeline
+from spp_resnet.data import preprocess
+from spp_resnet.data import sources
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 REAL = os.path.join(ROOT, '..', 'shared', 'data', 'brain_tumor_classification_mri')
@@ -54,24 +57,24 @@ def ids(batch, images):
 # ---- train order --------------------------------------------------------------------------
 
 def test_train_batches_order_and_epochs():
-  ds = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
+  ds = batching.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
   epochs = [np.concatenate([ds[e * 5 + s] for s in range(5)]) for e in range(3)]
   for e in epochs:
     assert len(set(e.tolist())) == 20  # drop remainder: 5 steps x 4 of 21, no repeats
   assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
   assert len(set(np.concatenate(epochs).tolist())) == 21  # the remainder rotates
-  again = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
+  again = batching.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3)
   np.testing.assert_array_equal(again[7], ds[7])
-  other = pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=4)
+  other = batching.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=4)
   assert not np.array_equal(np.concatenate([other[s] for s in range(5)]), epochs[0])
   # Two processes: disjoint halves that together are the single-process global batch.
-  shards = [pipeline.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3,
+  shards = [batching.TrainBatches(21, lambda pos: pos, global_batch_size=4, seed=3,
                                   process_index=p, process_count=2) for p in range(2)]
   for step in range(12):
     np.testing.assert_array_equal(np.concatenate([shards[0][step], shards[1][step]]),
                                   ds[step])
   with pytest.raises(ValueError):
-    pipeline.TrainBatches(3, lambda pos: pos, global_batch_size=4, seed=0)
+    batching.TrainBatches(3, lambda pos: pos, global_batch_size=4, seed=0)
 
 
 def test_pipeline_fields_and_batches():
@@ -91,9 +94,9 @@ def test_determinism_reshuffle_and_cache_equivalence():
   a, b = make(), make()
   first = take(a.train_iter, 12)  # 2.4 epochs
   assert_batches_equal(first, take(b.train_iter, 12))
-  images = pipeline.preprocess_split(
-      pipeline.load_pooled(PHANTOM).source, a.split_indices['train'],
-      pipeline.Preprocessor(16, (1.0, 99.0)))[0]
+  images = batching.preprocess_split(
+      sources.load_pooled(PHANTOM).source, a.split_indices['train'],
+      preprocess.Preprocessor(16, (1.0, 99.0)))[0]
   epoch0 = sum((ids(x, images) for x in first[:5]), [])
   epoch1 = sum((ids(x, images) for x in first[5:10]), [])
   assert len(set(epoch0)) == len(set(epoch1)) == 40 and epoch0 != epoch1

@@ -140,7 +140,7 @@ def test_real_mri_training_beats_the_majority_class(tmp_path):
   """The paper's own dataset (the 316 real Bohaju slices there are here), a leakage-safe
   grouped split, a small ResNet-18 on 48 px: test accuracy clearly above always
   answering the test split's majority class."""
-  from spp_resnet.data import pipeline, splits
+  from spp_resnet.data import sources, splits
   from spp_resnet.training.restore import load_run_config
   workdir = tmp_path / 'bohaju'
   run_main(workdir, '--config.data.dataset=brain_tumor',
@@ -150,7 +150,7 @@ def test_real_mri_training_beats_the_majority_class(tmp_path):
            '--config.optimizer.name=adam', '--config.optimizer.learning_rate=1e-3')
   last = read_metrics(workdir)[-1]
   config = load_run_config(str(workdir))
-  pooled = pipeline.load_pooled('brain_tumor', data_dir=str(tmp_path / 'tfds'),
+  pooled = sources.load_pooled('brain_tumor', data_dir=str(tmp_path / 'tfds'),
                                 manual_dir=str(BOHAJU))
   test = splits.make_splits(pooled.metadata, config.data.split)['test']
   majority = np.bincount(np.asarray(pooled.metadata['label'])[test]).max() / len(test)

@@ -18,6 +18,7 @@ from absl import app, flags
 import ml_collections
 import numpy as np
 
+from spp_resnet.data import sources
 from spp_resnet.data import splits as splits_lib
 
 KINDS = {
@@ -92,13 +93,12 @@ def format_report(metadata: Mapping[str, np.ndarray], report: dict,
 
 def main(argv):
   del argv
-  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle; grain
   f = flags.FLAGS
   split_config = ml_collections.ConfigDict(dict(
       protocol=f.protocol, per_class=f.per_class, num_test=f.num_test,
       test_fraction=f.test_fraction, num_folds=f.num_folds, fold=f.fold, seed=f.seed,
       near_duplicate_threshold=f.threshold))
-  pooled = pipeline.load_pooled(f.dataset, data_dir=f.data_dir, manual_dir=f.manual_dir)
+  pooled = sources.load_pooled(f.dataset, data_dir=f.data_dir, manual_dir=f.manual_dir)
   split_indices = splits_lib.make_splits(pooled.metadata, split_config)
   report = find_leaks(pooled.metadata, split_indices, near_duplicate_threshold=f.threshold)
   counts = splits_lib.describe(pooled.metadata, split_indices, pooled.class_names)
@@ -109,7 +109,7 @@ def main(argv):
 
 
 def _define_flags():
-  flags.DEFINE_string('dataset', 'brain_tumor', 'Registry name (see pipeline.load_dataset).')
+  flags.DEFINE_string('dataset', 'brain_tumor', 'Registry name (see sources.load_dataset).')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir ("" = default).')
   flags.DEFINE_string('manual_dir', '', 'Where the downloaded archive was unpacked.')
   flags.DEFINE_enum('protocol', 'original', list(splits_lib.PROTOCOLS), 'Split protocol.')

@@ -5,7 +5,7 @@ r"""Several labelled datasets pooled into one training set: registry name 'mix'.
       --config.data.mix='brain_tumor=/data/bohaju;figshare_brain_tumor=/data/figshare'
 
 `data.mix` lists the parts, separated by ';' (whitespace around a part is ignored):
-  NAME=MANUAL_DIR   a registry name (`pipeline.load_dataset`) and the folder of its files,
+  NAME=MANUAL_DIR   a registry name (`sources.load_dataset`) and the folder of its files,
                     exactly what data.dataset / data.manual_dir would be for that dataset
                     alone ('image_folder=/data/my_folder' for a class-per-folder set);
   NAME              a part that needs no folder: a phantom name ('phantom/easy=1,train=50':
@@ -23,7 +23,7 @@ first (a tumor / no-tumor dataset for a binary mix; figshare's three tumor types
 make a 3-class mix, into which no 'no_tumor' class fits).
 
 Records and metadata: each part's records, with the label remapped. Metadata per record
-(what `pipeline.pool` concatenates; 'origin' is added there, the record's own TFDS split,
+(what `sources.pool` concatenates; 'origin' is added there, the record's own TFDS split,
 so protocol 'original' trains on every part's train split and tests on every test split):
   label       the mix's class index;
   dataset     the part's name: its registry name, '#2', '#3', ... added when a registry
@@ -110,7 +110,7 @@ class MixSource:
   """Random-access concatenation of the parts' sources of one split, labels remapped.
 
   Picklable when the parts are (grain worker processes); `read_metadata` (used by
-  `pipeline.read_metadata`) gives the mix's metadata, see the module docstring.
+  `sources.read_metadata`) gives the mix's metadata, see the module docstring.
   """
 
   def __init__(self, parts: list[tuple[str, object, np.ndarray]]):
@@ -135,10 +135,10 @@ class MixSource:
   def read_metadata(self) -> dict[str, np.ndarray]:
     if self._metadata is not None:
       return self._metadata
-    from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle
+    from spp_resnet.data import sources  # pylint: disable=g-import-not-at-top  # cycle
     metas = []
     for name, source, mapping in zip(self._names, self._sources, self._mappings):
-      m = dict(pipeline.read_metadata(source))
+      m = dict(sources.read_metadata(source))
       m['label'] = mapping[np.asarray(m['label'], np.int64)]
       if 'filename' in m:
         m['filename'] = _prefixed(name, m['filename'], keep_empty=False)
@@ -199,13 +199,13 @@ def load(spec: str, *, data_dir: str = '') -> MixDataset:
     ValueError: a malformed spec or an unknown part name (naming the part).
     class_mapping.MappingError: a part's class that maps onto none of the mix's.
   """
-  from spp_resnet.data import pipeline  # pylint: disable=g-import-not-at-top  # cycle
+  from spp_resnet.data import sources  # pylint: disable=g-import-not-at-top  # cycle
   parts = parse_mix(spec)
   loaded = []
   for part in parts:
     try:
-      loaded.append(pipeline.load_dataset(part.dataset, data_dir=data_dir,
-                                          manual_dir=part.manual_dir))
+      loaded.append(sources.load_dataset(part.dataset, data_dir=data_dir,
+                                         manual_dir=part.manual_dir))
     except ValueError as e:  # unknown names: say which part
       raise type(e)(f'data.mix part {part.name!r}: {e}') from e
   class_names = mix_class_names(list(loaded[0].class_names))

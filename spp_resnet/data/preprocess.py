@@ -18,6 +18,7 @@ value convention the pretrained weights expect (`weights.sources.NORMALIZATIONS`
 table of them). The host thus ships uint8 only.
 """
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -143,6 +144,25 @@ def preprocess_image(image: np.ndarray, image_size: int,
   out = np.rint(x * np.float32(255.0))
   np.clip(out, 0, 255, out=out)
   return out.astype(np.uint8)[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+  """record -> uint8 [S,S,1] (picklable, for grain worker processes)."""
+  image_size: int
+  contrast_percentiles: tuple[float, float]
+  crop_foreground: bool = False
+
+  @classmethod
+  def from_config(cls, data_config) -> 'Preprocessor':
+    """The preprocessing of `config.data` (runs saved before a field existed: its default)."""
+    return cls(int(data_config.image_size),
+               tuple(float(p) for p in data_config.contrast_percentiles),
+               bool(data_config.get('crop_foreground', False)))
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    return preprocess_image(image, self.image_size, self.contrast_percentiles,
+                            self.crop_foreground)
 
 
 def to_model_input(images, normalization: str):

@@ -55,7 +55,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
                       batch_size: int = 0, argv: list[str] | None = None) -> dict:
   """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`."""
   import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor below)
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import batching, preprocess, sources  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import restore, train  # pylint: disable=g-import-not-at-top
 
@@ -64,8 +64,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   start = time.perf_counter()
   config = restore.load_run_config(workdir)
   model_classes = restore.load_class_names(workdir, config)
-  pooled = pipeline_lib.load_pooled(dataset, data_dir=data_dir or config.data.data_dir,
-                                    manual_dir=manual_dir)
+  pooled = sources.load_pooled(dataset, data_dir=data_dir or config.data.data_dir,
+                               manual_dir=manual_dir)
   mapping = map_classes(pooled.class_names, model_classes, class_map, ignore_classes)
   ext_labels = np.asarray(pooled.metadata['label'], np.int64)
   keep = np.nonzero(mapping[ext_labels] >= 0)[0]
@@ -73,8 +73,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
     raise MappingError('No images left to evaluate after --ignore_classes.')
   restored = restore.restore_for_inference(workdir, step)
   t0 = time.perf_counter()
-  prep = pipeline_lib.Preprocessor.from_config(config.data)
-  images, labels = pipeline_lib.preprocess_split(pooled.source, keep, prep)
+  prep = preprocess.Preprocessor.from_config(config.data)
+  images, labels = batching.preprocess_split(pooled.source, keep, prep)
   logging.info('Preprocessed %d images of %s in %.1f s.', len(keep), dataset,
                time.perf_counter() - t0)
   labels = mapping[labels].astype(np.int32)
@@ -82,8 +82,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   num_classes = len(model_classes)
   batch_size = batch_size or int(config.eval_batch_size)
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
-  batch = pipeline_lib.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
-                                 len(labels), batch_size, batch_size, 0, images.shape[1])
+  batch = batching.EvalBatch(lambda pos: {'image': images[pos], 'label': labels[pos]},
+                             len(labels), batch_size, batch_size, 0, images.shape[1])
   probs, in_order = train.predict_probs(
       restored.batch_probs, restored.mesh,
       map(batch, range(math.ceil(len(labels) / batch_size))))

@@ -66,12 +66,12 @@ def load_class_names(workdir: str, config: ml_collections.ConfigDict) -> list[st
     with open(path, encoding='utf-8') as f:
       return list(json.load(f))
   # runs from before class_names.json only
-  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from spp_resnet.data import sources  # pylint: disable=g-import-not-at-top
   logging.warning('%s is missing (a run from before it was written); taking the class '
                   'names from the training dataset %s.', path, config.data.dataset)
   try:
-    loaded = pipeline_lib.load_dataset(config.data.dataset, data_dir=config.data.data_dir,
-                                       manual_dir=config.data.manual_dir)
+    loaded = sources.load_dataset(config.data.dataset, data_dir=config.data.data_dir,
+                                  manual_dir=config.data.manual_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(
         f'{path} is missing and the training dataset {config.data.dataset!r} cannot be '
@@ -137,10 +137,8 @@ class RestoredModel:
 
   @property
   def preprocessor(self) -> Any:
-    """The run's host preprocessing (`data.pipeline.Preprocessor`), picklable."""
-    # TFDS only when used
-    from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-    return pipeline_lib.Preprocessor.from_config(self.config.data)
+    """The run's host preprocessing (`data.preprocess.Preprocessor`), picklable."""
+    return preprocess.Preprocessor.from_config(self.config.data)
 
   def probs(self, images: np.ndarray) -> np.ndarray:
     """uint8 [B, S, S, 1] -> float32 class probabilities [B, K] (one compile per B)."""

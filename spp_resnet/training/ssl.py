@@ -63,9 +63,10 @@ from spp_resnet import config_validation
 from spp_resnet import models
 from spp_resnet.config_validation import ConfigError
 from spp_resnet.data import augment as augment_lib
+from spp_resnet.data import batching
 from spp_resnet.data import mix as mix_lib
-from spp_resnet.data import pipeline as pipeline_lib
 from spp_resnet.data import preprocess
+from spp_resnet.data import sources as sources_lib
 from spp_resnet.data import splits as splits_lib
 from spp_resnet.evaluation import writers
 from spp_resnet.training import checkpoint as checkpoint_lib
@@ -275,13 +276,13 @@ def grouped_with(candidates: list[dict], heldout: list[dict], threshold: int) ->
 
 def _mix_parts(spec: str, data_dir: str):
   for part in mix_lib.parse_mix(spec) if spec.strip() else []:
-    yield part.name, pipeline_lib.load_pooled(part.dataset, data_dir=data_dir,
-                                              manual_dir=part.manual_dir)
+    yield part.name, sources_lib.load_pooled(part.dataset, data_dir=data_dir,
+                                             manual_dir=part.manual_dir)
 
 
 def downstream_split(data: ml_collections.ConfigDict):
   """(pooled dataset, its split as the fine-tuning run makes it)."""
-  pooled = pipeline_lib.pooled_from_config(data)
+  pooled = sources_lib.pooled_from_config(data)
   return pooled, splits_lib.make_splits(pooled.metadata, data.split)
 
 
@@ -301,16 +302,15 @@ def build_pool(config: ml_collections.ConfigDict, num_workers: int = 0) -> Pool:
   dropped = grouped_with([_hashes(n, p.metadata, i) for n, p, i in sources],
                          [_hashes(n, p.metadata, i) for n, p, i in heldout],
                          int(data.split.near_duplicate_threshold))
-  prep = pipeline_lib.Preprocessor(int(data.image_size),
-                                   tuple(float(p) for p in data.contrast_percentiles))
+  prep = preprocess.Preprocessor.from_config(data)
   images, report = [], {'sources': {}, 'heldout': {n: len(i) for n, _, i in heldout},
                         'downstream': downstream_identity(data)}
   offset = 0
   for name, p, index in sources:
     drop = dropped[offset:offset + len(index)]
     offset += len(index)
-    images.append(pipeline_lib.preprocess_split(p.source, index[~drop], prep,
-                                                num_workers=num_workers)[0])
+    images.append(batching.preprocess_split(p.source, index[~drop], prep,
+                                             num_workers=num_workers)[0])
     report['sources'][name] = {'candidates': len(index), 'dropped_as_heldout': int(drop.sum()),
                                'used': int((~drop).sum())}
   images = np.concatenate(images)
@@ -381,7 +381,7 @@ class Experiment:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   mesh = parallel.create_mesh()
   pool = build_pool(config, num_workers=int(config.data.num_workers))
-  batches = pipeline_lib.TrainBatches(
+  batches = batching.TrainBatches(
       len(pool.images), _PoolBatch(pool.images), global_batch_size=config.batch_size,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
   prefetch = max(0, int(config.data.prefetch_buffer))
