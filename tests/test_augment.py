@@ -85,6 +85,7 @@ def test_new_ops_off_equals_old_d4(d4):
   np.testing.assert_array_equal(spec(x, key), out)
 
 
+@pytest.mark.slow
 def test_d4_is_composed_exactly_into_the_warp():
   """All ops but noise, with D4 == the same with D4 off, then the old D4 (same key)."""
   x = _images()

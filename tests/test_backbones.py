@@ -295,6 +295,7 @@ def _outputs(backbone, x):
 # 4x4 map; VGG-16 at the paper's 224.
 @pytest.mark.parametrize('name,size', [('vgg16', 224), ('vgg16_bn', 64), ('alexnet', 160),
                                        ('googlenet', 100)])
+@pytest.mark.slow
 def test_torchvision_weights_match_torch(name, size, tmp_path):
   model = random_torch_model(name)
   path = resnet_tests.save_pth(model.state_dict(), tmp_path / f'{name}.pth')
@@ -346,6 +347,7 @@ def test_wrong_backbone_and_no_weights(tmp_path, monkeypatch):
   assert str(tmp_path / 'cache' / 'googlenet-1378be20.pth') in str(e.value)
 
 
+@pytest.mark.slow
 def test_training_loads_weights_into_the_classifier(tmp_path):
   """config.pretrained with an AlexNet file: the backbone of the SPP classifier gets it,
   converted once and cached; the normalization is torchvision's."""

@@ -170,6 +170,7 @@ def test_brain_tumor_mri_binary(binary, four_class):
       assert sha == four_sha[filename]
 
 
+@pytest.mark.slow
 def test_figshare_subset(figshare):
   assert figshare.class_names == ['glioma', 'meningioma', 'pituitary']
   train = figshare.sources['train']

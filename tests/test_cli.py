@@ -92,6 +92,7 @@ def test_wrong_type_is_one_line():
   assert line.startswith('error: flag --config.batch_size=thirty-two: ')
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_device_count():
   line = _main('--config.batch_size=30', '--config.eval_batch_size=64', devices=4)
   assert line == 'error: config.batch_size=30: must be divisible by the number of devices (4)'
@@ -101,6 +102,7 @@ def test_batch_not_divisible_by_the_device_count():
 # ---- Each user error is one line (issue 14, item 7) ------------------------------------
 
 
+@pytest.mark.slow
 def test_unknown_dataset_is_one_line():
   line = _main('--config.data.dataset=nope')  # found by the config check: nothing written
   assert not Path('/nonexistent/never_written').exists()
@@ -110,6 +112,7 @@ def test_unknown_dataset_is_one_line():
       "figshare_brain_tumor, image_folder, mix, phantom (or 'phantom/size=64,train=200,...')")
 
 
+@pytest.mark.slow
 def test_the_paper_split_on_a_dataset_too_small_for_it_is_one_line(tmp_path):
   line = _main('--config.data.dataset=phantom/train=40,test=10',
                '--config.data.split.protocol=paper', workdir=tmp_path)
@@ -120,6 +123,7 @@ def test_the_paper_split_on_a_dataset_too_small_for_it_is_one_line(tmp_path):
       "'phantom/train=40,test=10': 50 images)")
 
 
+@pytest.mark.slow
 def test_an_image_size_that_cannot_be_cached_is_one_line_before_allocating(tmp_path):
   line = _main('--config.data.image_size=1000000',
                '--config.data.dataset=phantom/train=40,test=10', workdir=tmp_path)

@@ -23,6 +23,7 @@ def _model(num_classes=3, **overrides):
   return model
 
 
+@pytest.mark.slow
 def test_equals_cam_for_global_average_pooling_and_a_linear_head():
   # Grad-CAM's weights are then the class's weights / (h w): the maps are CAM's
   # (Zhou et al., 2016), ReLU(sum_c w_kc A_c), up to the normalization to [0, 1].
@@ -37,6 +38,7 @@ def test_equals_cam_for_global_average_pooling_and_a_linear_head():
   assert maps.shape == (2, 3, 9, 9)
 
 
+@pytest.mark.slow
 def test_spp_head_logits_and_binary_maps():
   model = _model(num_classes=2, head_hidden=(16,), dropout=0.5)
   x = jax.random.normal(jax.random.key(2), (3, 64, 64, 3))

@@ -50,6 +50,7 @@ def byte_identical_crossing_groups():
           if {f.split('/')[0] for f in g} == {'Training', 'Testing'}]
 
 
+@pytest.mark.slow
 def test_original_split_leaks_no_tumor_duplicates(no_tumor):
   pooled, _, _ = no_tumor
   meta = pooled.metadata

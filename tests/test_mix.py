@@ -155,6 +155,7 @@ def test_mix_errors(folders, tmp_path):
 
 @pytest.mark.skipif(not (BOHAJU.is_dir() and FIGSHARE.is_dir()),
                     reason='../shared/data not available')
+@pytest.mark.slow
 def test_bohaju_and_figshare(tmp_path):
   from spp_resnet.data import builders
   spec = f'brain_tumor={BOHAJU};figshare_brain_tumor={FIGSHARE}'

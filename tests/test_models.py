@@ -42,6 +42,7 @@ def test_stride_placement():
 
 @pytest.mark.parametrize('size, kernel, stride', [
     (1, 3, 1), (2, 3, 1), (2, 3, 2), (3, 7, 2), (5, 7, 2), (8, 3, 1)])
+@pytest.mark.slow
 def test_conv_on_maps_smaller_than_the_kernel_is_the_same_convolution(size, kernel, stride):
   """The patches @ kernel path (maps smaller than the kernel) equals lax's conv, with
   its gradients; larger maps go to lax unchanged."""
@@ -65,6 +66,7 @@ def test_conv_on_maps_smaller_than_the_kernel_is_the_same_convolution(size, kern
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet_feature_shapes():
   model = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
   outs = model.stage_outputs(jnp.zeros((1, 96, 64, 3)), train=False)
@@ -117,6 +119,7 @@ def test_classifier_output_length_independent_of_input_size():
   assert model(jnp.zeros((2, 96, 80, 3)), train=False).shape == (2, 1)
 
 
+@pytest.mark.slow
 def test_classifier_head_init_and_outputs():
   backbone = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
   model = Classifier(backbone, num_classes=4, pooling='gap', head_hidden=(256, 128),
@@ -134,12 +137,14 @@ def test_classifier_head_init_and_outputs():
   np.testing.assert_allclose(c, model(x, train=False))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
   model = ResNet(18, 'v1.5', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert model(jnp.zeros((1, 64, 64, 3)), train=False).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_bfloat16_classifier_gives_distinct_float32_logits():
   backbone = ResNet(18, 'v1.5', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   model = Classifier(backbone, num_classes=2, head_hidden=(16,), dtype=jnp.bfloat16,
@@ -151,6 +156,7 @@ def test_bfloat16_classifier_gives_distinct_float32_logits():
   assert len(np.unique(np.asarray(logits))) == 256
 
 
+@pytest.mark.slow
 def test_frozen_stages_use_and_keep_running_statistics():
   model = ResNet(18, 'v1.5', rngs=nnx.Rngs(0))
   before = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))

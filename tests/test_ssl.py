@@ -91,6 +91,7 @@ def test_pretraining_learns_and_resumes_from_its_checkpoint(ssl_run):
   assert pool['num_images'] == 48  # the train split; the 16 test images are held out
 
 
+@pytest.mark.slow
 def test_ssl_backbone_in_a_classifier_gives_the_same_features(tmp_path):
   """A ResNet's params and BatchNorm statistics, from an SSL checkpoint into a Classifier."""
   config = tiny_config(1)

@@ -189,6 +189,7 @@ def test_the_best_point_is_chosen_on_validation_never_on_test():
   assert sweep.resolve_select_metric('', [_result('s0', 0.9)], config) == 'roc_auc'
 
 
+@pytest.mark.slow
 def test_finished_runs_are_reused_and_another_config_is_refused(tmp_path, monkeypatch):
   """A workdir whose runs all have a result.json: a report, no training."""
   config = _config()

@@ -278,6 +278,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
   assert not lock.exists() and (workdir / 'checkpoints').is_dir()
 
 
+@pytest.mark.slow
 def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path):
   # /proc refuses new files even to root (chmod would not stop root).
   proc = run_main('/proc/spp_resnet_run', *SMALL, check=False)

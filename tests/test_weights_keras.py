@@ -174,6 +174,7 @@ def _stage_outputs(backbone, x):
   return backbone.stage_outputs(x, train=False)  # one compilation: faster than eager
 
 
+@pytest.mark.slow
 def test_top_file_matches_keras(files):
   ref_model = resnet50(weights=files['top'], classifier_activation=None)
   # The reference really read the file.
@@ -196,6 +197,7 @@ def test_top_file_matches_keras(files):
   assert float(np.std(ref[-1])) > 0.1
 
 
+@pytest.mark.slow
 def test_notop_file_matches_keras(files):
   ref_model = resnet50(weights=files['notop'], include_top=False)
   x = np.random.default_rng(2).standard_normal((2, 224, 224, 3)).astype(np.float32)
@@ -334,6 +336,7 @@ def test_official_table():
   assert default.digest == '4d473c1dd8becc155b73f8504c6f6626'
 
 
+@pytest.mark.slow
 def test_load_pretrained_backbone_and_cli(files, tmp_path, capsys):
   config = default_config.get_config()  # the paper's setting: Keras ResNet-50 v1 + SPP
   config.pretrained.path = files['notop']

@@ -207,6 +207,7 @@ def _compare(ours, ref, keys):
   return diffs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('depth,batch', [(50, 2), (18, 1)])
 def test_logits_and_stages_match_torch(files, depth, batch):
   x = np.random.default_rng(depth).standard_normal((batch, 224, 224, 3)).astype(np.float32)

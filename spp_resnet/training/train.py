@@ -194,7 +194,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             'loss': sums['loss'] + losses.sum(),
             'correct': sums['correct'] + (predicted_class(logits) == labels).sum(),
             'count': sums['count'] + labels.shape[0],
-            'grad_norm': sums['grad_norm'] + optax.global_norm(grads),
+            'grad_norm': sums['grad_norm'] + optax.tree.norm(grads),
             'steps': sums['steps'] + 1,
         })
 
@@ -535,9 +535,7 @@ def diverged(checkpointer: checkpoint_lib.Checkpointer, what: str, step: int,
       f'Training diverged: {what} by step {step}. {kept}.')
 
 
-@jax.jit
-def _global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+_global_norm = jax.jit(optax.tree.norm)  # the parameter norm, at log steps only
 
 
 class _TrainMonitor:
