@@ -68,10 +68,37 @@ def _time_loop(fn, n: int) -> tuple[float, float]:
   return time.perf_counter() - t0, time.process_time() - c0
 
 
+def _dispatch_ms(state, mesh, calls: int = 50) -> dict[str, float]:
+  """Host time of one jitted call that passes the state through (a step counter bump,
+  no other compute): the TrainState pytree vs its flat list of arrays (`LeafStep`).
+  The median of `calls` calls, each synced, so device work never hides in it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from spp_resnet.training import parallel  # pylint: disable=import-outside-toplevel
+
+  copy = lambda: jax.tree.map(lambda x: x.copy(), state)  # the real state stays undonated
+  leaves, treedef = jax.tree.flatten(copy())
+  bump = lambda s: s.replace(step=s.step + 1)
+  replicated = parallel.replicated(mesh)
+  on_state = jax.jit(bump, donate_argnums=0, out_shardings=replicated)
+  on_leaves = jax.jit(lambda l: jax.tree.leaves(bump(jax.tree.unflatten(treedef, l))),
+                      donate_argnums=0, out_shardings=replicated)
+  out = {}
+  for name, fn, x in (('train_state', on_state, copy()), ('leaves', on_leaves, leaves)):
+    x = jax.block_until_ready(fn(x))  # compile
+    times = []
+    for _ in range(calls):
+      t0 = time.perf_counter()
+      x = fn(x)
+      times.append(time.perf_counter() - t0)
+      jax.block_until_ready(x)
+    out[name] = 1e3 * float(np.median(times))
+  return out
+
+
 def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from spp_resnet.data import preprocess  # pylint: disable=import-outside-toplevel
   from spp_resnet.training import parallel  # pylint: disable=import-outside-toplevel
@@ -105,37 +132,42 @@ def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -
   train_batch = parallel.global_batch(host_batch, mesh)
   eval_batch = parallel.global_batch({**host_batch, 'mask': np.ones((local,), bool)}, mesh)
 
-  # Compile (ahead of time; the jitted call below reuses the executable).
+  dispatch = _dispatch_ms(state, mesh)
+
+  # Compile (ahead of time; the jitted call below reuses the executable). As in the
+  # train loop, the state crosses the jit boundary as its flat list of arrays.
+  train_step = steps_.train.jitted
+  leaves = steps_.train.leaves(state)
   t0 = time.perf_counter()
-  steps_.train.lower(state, train_batch).compile()
+  train_step.lower(leaves, train_batch).compile()
   compile_train_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  state = steps_.train(state, train_batch)
-  jax.block_until_ready(state)
+  leaves = train_step(leaves, train_batch)
+  jax.block_until_ready(leaves)
   first_step_s = time.perf_counter() - t0
   # A step must not move data between host and device implicitly.
   try:
     with jax.transfer_guard('disallow'):
-      state = steps_.train(state, train_batch)
-      jax.block_until_ready(state)
+      leaves = train_step(leaves, train_batch)
+      jax.block_until_ready(leaves)
     transfers = 'none'
   except Exception as e:  # pylint: disable=broad-except
     transfers = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
   for _ in range(max(0, warmup - 2)):
-    state = steps_.train(state, train_batch)
-  jax.block_until_ready(state)
+    leaves = train_step(leaves, train_batch)
+  jax.block_until_ready(leaves)
 
-  cache_before = steps_.train._cache_size()  # pylint: disable=protected-access
-  holder = [state]
+  cache_before = train_step._cache_size()  # pylint: disable=protected-access
+  holder = [leaves]
 
   def one_train_step():
-    holder[0] = steps_.train(holder[0], train_batch)  # state is donated: keep the new one
+    holder[0] = train_step(holder[0], train_batch)  # donated: keep the new arrays
     return holder[0]
 
   train_s, train_cpu_s = _time_loop(one_train_step, steps)
-  state = holder[0]
-  recompiled = steps_.train._cache_size() - cache_before  # pylint: disable=protected-access
+  state = steps_.train.state(holder[0])
+  recompiled = train_step._cache_size() - cache_before  # pylint: disable=protected-access
   loss = float(jax.device_get(state.train_sums['loss'] / state.train_sums['count']))
 
   eval_steps = steps if eval_steps < 0 else eval_steps
@@ -171,6 +203,8 @@ def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -
       'peak_memory_mib': peak_mib, 'peak_memory_kind': peak_kind,
       'recompiles_in_timed_loop': recompiled, 'implicit_transfers': transfers,
       'final_loss': loss,
+      'dispatch_ms_train_state': dispatch['train_state'],
+      'dispatch_ms_leaves': dispatch['leaves'],
   }
 
 
@@ -205,6 +239,8 @@ def format_table(r: dict) -> str:
       ('train CPU s/step (all threads)', f"{r['train_cpu_s_per_step']:.2f}"),
       ('eval images/s', f"{r['eval_images_per_s']:.1f}"),
       (f"peak memory MiB ({r['peak_memory_kind']})", f"{r['peak_memory_mib']:.0f}"),
+      ('host dispatch ms/call: TrainState / its arrays',
+       f"{r['dispatch_ms_train_state']:.2f} / {r['dispatch_ms_leaves']:.2f}"),
       ('recompiles in timed loop', r['recompiles_in_timed_loop']),
       ('implicit host<->device transfers', r['implicit_transfers']),
   ]
