@@ -1,5 +1,6 @@
 """End-to-end training: it learns, resumes exactly after SIGKILL, is data-parallel."""
 
+import json
 import os
 import signal
 import socket
@@ -90,6 +91,12 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   assert 0 < last['train/learning_rate'] < history[0]['train/learning_rate'] <= 1e-3  # cosine
   assert last['train/grad_norm'] > 0 and last['train/param_norm'] > 0
   assert last['train/images_per_sec'] > 0 and last['train/data_wait_s'] >= 0
+  # Where the time went: every phase measured, together within the run's total.
+  timing = json.loads((workdir / 'timing.json').read_text())
+  phases = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'test')
+  assert list(timing) == [*phases, 'total'], timing
+  assert all(timing[k] >= 0 for k in phases) and timing['compile'] > 0 < timing['train']
+  assert sum(timing[k] for k in phases) <= timing['total'] + 0.01
   # --mode=eval restores the checkpoint and reproduces the last reported metrics exactly.
   evaluation = run_main(workdir, *adam, mode='eval')
   for key in ('accuracy', 'f1', 'roc_auc', 'specificity'):

@@ -8,6 +8,7 @@ checkpoint, so steps are dispatched asynchronously ahead of the computation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -271,6 +272,38 @@ def inference_weights(state: TrainState) -> dict:
 # ---------------------------------------------------------------------------------------
 # Setup.
 
+class Stopwatch:
+  """Wall seconds per phase of a run: logged at its end and written to WORKDIR/timing.json.
+
+  Phases: data (dataset, split, train cache), init (state and steps), restore, compile
+  (the first train step, synced), train (the other steps, input waits included), eval
+  (validation or test epochs, model selection), checkpoint (saves and the final write),
+  test (the final test).
+  """
+
+  ORDER = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'test')
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._start = time.perf_counter()
+
+  @contextlib.contextmanager
+  def phase(self, name: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+  def summary(self) -> dict[str, float]:
+    out = {k: round(self.seconds[k], 3) for k in self.ORDER if k in self.seconds}
+    out['total'] = round(time.perf_counter() - self._start, 3)
+    return out
+
+  def table(self) -> str:
+    return ', '.join(f'{k} {v:.1f} s' for k, v in self.summary().items())
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything a train or eval run needs, built once from the config."""
@@ -282,6 +315,7 @@ class Experiment:
   steps: Steps
   checkpointer: checkpoint_lib.Checkpointer
   total_steps: int
+  stopwatch: Stopwatch = dataclasses.field(default_factory=Stopwatch)
 
 
 def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
@@ -329,22 +363,28 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   config_validation.validate(config)
+  stopwatch = Stopwatch()
   mesh = parallel.create_mesh()
-  pipeline = pipeline_lib.create_input_pipeline(
-      config.data, global_batch_size=config.batch_size,
-      eval_batch_size=config.eval_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      pretrained_source=config.pretrained.source)
-  tx = create_optimizer(config.optimizer, pipeline.steps_per_epoch, config.num_epochs)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  # A resumed run restores every weight: build only the restore target.
-  graphdef, state = create_train_state(config, pipeline.num_classes, tx, mesh,
-                                       abstract=checkpointer.latest_step() is not None)
-  train_labels = pipeline.metadata['label'][pipeline.split_indices['train']]
-  loss_weights = class_weights(train_labels, pipeline.num_classes, config.loss.class_weights)
-  steps = make_steps(graphdef, tx, config, pipeline.normalization, mesh, loss_weights)
+  with stopwatch.phase('data'):
+    pipeline = pipeline_lib.create_input_pipeline(
+        config.data, global_batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        pretrained_source=config.pretrained.source)
+  with stopwatch.phase('init'):
+    tx = create_optimizer(config.optimizer, pipeline.steps_per_epoch, config.num_epochs)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    # A resumed run restores every weight: build only the restore target.
+    graphdef, state = create_train_state(config, pipeline.num_classes, tx, mesh,
+                                         abstract=checkpointer.latest_step() is not None)
+    jax.block_until_ready(state)
+    train_labels = pipeline.metadata['label'][pipeline.split_indices['train']]
+    loss_weights = class_weights(train_labels, pipeline.num_classes,
+                                 config.loss.class_weights)
+    steps = make_steps(graphdef, tx, config, pipeline.normalization, mesh, loss_weights)
   return Experiment(config, mesh, pipeline, graphdef, state, steps, checkpointer,
-                    total_steps=pipeline.steps_per_epoch * config.num_epochs)
+                    total_steps=pipeline.steps_per_epoch * config.num_epochs,
+                    stopwatch=stopwatch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -649,7 +689,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
 def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   exp = setup(config, workdir)
   save_config(config, workdir, exp.pipeline.class_names)
-  state = _restore_or_init(exp, workdir)
+  clock = exp.stopwatch
+  with clock.phase('restore'):
+    state = _restore_or_init(exp, workdir)
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
   has_val = 'val' in pipeline.split_indices
@@ -668,10 +710,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   step = start
   train_step = exp.steps.train
   leaves = train_step.leaves(state)  # between steps; `state` is rebuilt where it is read
+  loop_start, first = time.perf_counter(), True
   while step < exp.total_steps and not stopped:
     step += 1
     batch = parallel.global_batch(monitor.next_batch(pipeline.train_iter), exp.mesh)
-    leaves = train_step.jitted(leaves, batch)
+    if first:  # compiles (or loads the compiled step from the persistent cache)
+      with clock.phase('compile'):
+        leaves = jax.block_until_ready(train_step.jitted(leaves, batch))
+      first = False
+    else:
+      leaves = train_step.jitted(leaves, batch)
     epoch, end_of_epoch = divmod(step, steps_per_epoch)
     end_of_epoch = end_of_epoch == 0
     save = step % config.checkpoint_every_steps == 0 or step == exp.total_steps
@@ -685,17 +733,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
     if end_of_epoch:
       scalars = monitor.end_epoch(sums)
       if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
-        if has_val:
-          val = evaluate(exp, state, 'val')
-          scalars.update({f'val/{k}': v for k, v in val.metrics.items()})
-          selector.update(val, state, step, epoch)
-          stopped = selector.should_stop(epoch)
-          logging.info('Epoch %d/%d on validation (best so far: %s)\n%s', epoch,
-                       config.num_epochs, selector.describe(), val.table())
-        else:
-          final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
-          scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
-          logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs, final.table())
+        with clock.phase('eval'):
+          if has_val:
+            val = evaluate(exp, state, 'val')
+            scalars.update({f'val/{k}': v for k, v in val.metrics.items()})
+            selector.update(val, state, step, epoch)
+            stopped = selector.should_stop(epoch)
+            logging.info('Epoch %d/%d on validation (best so far: %s)\n%s', epoch,
+                         config.num_epochs, selector.describe(), val.table())
+          else:
+            final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
+            scalars.update({f'test/{k}': v for k, v in final.metrics.items()})
+            logging.info('Epoch %d/%d on test\n%s', epoch, config.num_epochs,
+                         final.table())
       writer.write(step, epoch, scalars)
       state = state.replace(train_sums=parallel.replicate(_zero_sums(), exp.mesh))
       leaves = train_step.leaves(state)
@@ -709,20 +759,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       # Never save a diverged state: the newest checkpoint must be one to resume from.
       if config.halt_on_nan and not bool(all_finite(state.params)):
         raise diverged(exp.checkpointer, 'some weights became inf or NaN', step, last_checkpoint)
-      exp.checkpointer.save(step, state, pipeline.train_iter)
+      with clock.phase('checkpoint'):
+        exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
-  exp.checkpointer.wait()
-  exp.checkpointer.close()
-  if has_val:
-    final = _test_selected(exp, selector, state, workdir)
-    if step > start:  # a run resumed after its end does not log the test row twice
-      writer.write(step, step // steps_per_epoch,
-                   {f'test/{k}': v for k, v in final.metrics.items()})
-  elif final is None:  # Nothing left to train (resumed from the final checkpoint).
-    final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
+  clock.seconds['train'] = time.perf_counter() - loop_start - sum(
+      clock.seconds.get(k, 0.0) for k in ('compile', 'eval', 'checkpoint'))
+  with clock.phase('checkpoint'):
+    exp.checkpointer.wait()
+    exp.checkpointer.close()
+  with clock.phase('test'):
+    if has_val:
+      final = _test_selected(exp, selector, state, workdir)
+      if step > start:  # a run resumed after its end does not log the test row twice
+        writer.write(step, step // steps_per_epoch,
+                     {f'test/{k}': v for k, v in final.metrics.items()})
+    elif final is None:  # Nothing left to train (resumed from the final checkpoint).
+      final = evaluate(exp, state, 'test', config.selection.fixed_threshold)
   writer.close()
   pipeline.close()
+  _write_timing(clock, workdir)
   return dataclasses.replace(final, split=pipeline.split_summary())
+
+
+def _write_timing(clock: Stopwatch, workdir: str) -> None:
+  """Logs where the run's time went; WORKDIR/timing.json (process 0)."""
+  logging.info('Time: %s.', clock.table())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'timing.json'), 'w', encoding='utf-8') as f:
+      json.dump(clock.summary(), f, indent=1)
 
 
 def _test_selected(exp: Experiment, selector: _Selector, state: TrainState,
