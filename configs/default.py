@@ -153,4 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   config.halt_on_nan = True
+  # (first, last): write a jax.profiler trace of train steps first..last to
+  # WORKDIR/profile/ (TensorBoard's profile tab or Perfetto); (0, 0) = off.
+  config.profile_steps = (0, 0)
   return config

@@ -28,7 +28,8 @@ def _choice(config, field: str, choices) -> None:
 NON_RESULT_FIELDS = ('data.data_dir', 'data.manual_dir', 'data.num_workers',
                      'data.prefetch_buffer', 'data.cache', 'pretrained.path',
                      'pretrained.cache_dir', 'pretrained.strict_digest', 'log_every_steps',
-                     'checkpoint_every_steps', 'keep_checkpoints', 'halt_on_nan')
+                     'checkpoint_every_steps', 'keep_checkpoints', 'halt_on_nan',
+                     'profile_steps')
 # Fields a run may resume with changed: more epochs (the schedule is stretched to the new
 # length), evaluation cadence and batch, early stopping, and a lower learning rate after
 # a divergence (the optimizer state keeps its structure).
@@ -81,6 +82,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'eval_every_epochs'):
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
+  profile = tuple(config.get('profile_steps', (0, 0)))
+  _require(len(profile) == 2 and all(isinstance(x, int) for x in profile) and (
+      profile == (0, 0) or 1 <= profile[0] <= profile[1]), 'profile_steps',
+           'must be (first, last) train steps with 1 <= first <= last, or (0, 0) for off',
+           profile)
 
   data = config.data
   from spp_resnet.data import sources  # pylint: disable=g-import-not-at-top  # cycle (below too)

@@ -79,9 +79,10 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   workdir = tmp_path / 'learn'
   # Adam: the phantom's SGD at lr 0.01 needs more than 3 epochs at 32 px (1 x 1 maps).
   adam = ['--config.optimizer.name=adam', '--config.optimizer.learning_rate=1e-3']
-  run_main(workdir, *adam)
+  run_main(workdir, *adam, '--config.profile_steps=(2,3)')
   history = read_metrics(workdir)
   assert [row['epoch'] for row in history] == [1, 2, 3]
+  assert list((workdir / 'profile').glob('plugins/profile/*/*.xplane.pb'))
   # The phantom lesions are learnable: clearly better than the majority class.
   assert history[-1]['test/accuracy'] >= 0.8, history[-1]
   assert history[-1]['train/loss'] < history[0]['train/loss']

@@ -711,8 +711,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   train_step = exp.steps.train
   leaves = train_step.leaves(state)  # between steps; `state` is rebuilt where it is read
   loop_start, first = time.perf_counter(), True
+  profiler = _Profiler(config.get('profile_steps', (0, 0)), workdir)
   while step < exp.total_steps and not stopped:
     step += 1
+    profiler.before(step)
     batch = parallel.global_batch(monitor.next_batch(pipeline.train_iter), exp.mesh)
     if first:  # compiles (or loads the compiled step from the persistent cache)
       with clock.phase('compile'):
@@ -720,6 +722,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       first = False
     else:
       leaves = train_step.jitted(leaves, batch)
+    profiler.after(step, leaves)
     epoch, end_of_epoch = divmod(step, steps_per_epoch)
     end_of_epoch = end_of_epoch == 0
     save = step % config.checkpoint_every_steps == 0 or step == exp.total_steps
@@ -762,6 +765,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       with clock.phase('checkpoint'):
         exp.checkpointer.save(step, state, pipeline.train_iter)
       last_checkpoint = step
+  profiler.stop()
   clock.seconds['train'] = time.perf_counter() - loop_start - sum(
       clock.seconds.get(k, 0.0) for k in ('compile', 'eval', 'checkpoint'))
   with clock.phase('checkpoint'):
@@ -779,6 +783,33 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   pipeline.close()
   _write_timing(clock, workdir)
   return dataclasses.replace(final, split=pipeline.split_summary())
+
+
+class _Profiler:
+  """A jax.profiler trace of train steps first..last (config.profile_steps) in
+  WORKDIR/profile/; the last step is waited for, so the trace holds its device work."""
+
+  def __init__(self, steps, workdir: str):
+    self.first, self.last = (int(x) for x in steps)
+    self.path = os.path.join(workdir, 'profile')
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    if self.first and step == self.first:
+      jax.profiler.start_trace(self.path)
+      self.tracing = True
+
+  def after(self, step: int, leaves) -> None:
+    if self.tracing and step == self.last:
+      jax.block_until_ready(leaves)
+      self.stop()
+
+  def stop(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info('Profile of train steps %d-%d written to %s.', self.first, self.last,
+                   self.path)
 
 
 def _write_timing(clock: Stopwatch, workdir: str) -> None:
