@@ -107,6 +107,28 @@ def test_determinism_reshuffle_and_cache_equivalence():
       other['image'], first[0]['image'])
 
 
+def test_runs_in_one_process_reuse_the_preprocessed_images(monkeypatch):
+  """Inside reuse_across_runs (an ablation, a sweep), a second run over the same images
+  preprocesses none of them again and gets exactly the batches a fresh run gets."""
+  alone = make(data_config(**{'split.protocol': 'stratified', 'split.seed': 1}))
+  expected = take(alone.train_iter, 6) + list(alone.eval_batches('test'))
+  preprocessed = []
+  real = batching.preprocess_split
+  monkeypatch.setattr(batching, 'preprocess_split', lambda source, indices, *a, **k: (
+      preprocessed.append(len(indices)) or real(source, indices, *a, **k)))
+  with pipeline.reuse_across_runs():
+    first = make()  # the 'original' split: 44 train, 10 test images
+    take(first.train_iter, 1), list(first.eval_batches('test'))
+    assert sum(preprocessed) == 54
+    second = make(data_config(**{'split.protocol': 'stratified', 'split.seed': 1}))
+    got = take(second.train_iter, 6) + list(second.eval_batches('test'))
+  assert sum(preprocessed) == 54  # every image was done by the first run
+  assert_batches_equal(expected, got)
+  # Outside the block nothing is kept.
+  make()
+  assert sum(preprocessed) == 54 + 44
+
+
 @pytest.mark.parametrize('cache', [True, False])
 def test_checkpoint_state_resumes_exactly(cache):
   p = make(data_config(cache=cache))

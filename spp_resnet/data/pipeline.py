@@ -28,6 +28,7 @@ batches and build the cache; the cached train iterator itself stays in-process (
 memory gather per batch). mp_prefetch needs absl flags parsed (absl.app.run).
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -44,6 +45,65 @@ from spp_resnet.data import leakage as leakage_lib
 from spp_resnet.data import preprocess
 from spp_resnet.data import sources
 from spp_resnet.data import splits as splits_lib
+
+
+# ---- Reuse across the runs of one process -------------------------------------------------
+
+# None outside `reuse_across_runs`; inside it, what later runs may reuse: the pooled
+# datasets by config identity, and a preprocessed copy of each (every image preprocessed
+# at most once per preprocessing).
+_reused: dict | None = None
+
+
+@contextlib.contextmanager
+def reuse_across_runs():
+  """Runs started inside this block, in this process, share their pooled datasets and
+  preprocessed images: an ablation or a sweep trains many configs on the same images,
+  and each would otherwise load and preprocess them again. Only for the duration of the
+  block: a dataset changed on disk afterwards is read afresh."""
+  global _reused
+  outer = _reused
+  _reused = {} if outer is None else outer
+  try:
+    yield
+  finally:
+    _reused = outer
+
+
+def _data_identity(data_config) -> tuple:
+  return (data_config.dataset, data_config.data_dir, data_config.manual_dir,
+          data_config.get('mix', ''))
+
+
+def _pooled(data_config) -> sources.PooledDataset:
+  if _reused is None:
+    return sources.pooled_from_config(data_config)
+  key = ('pooled', _data_identity(data_config))
+  if key not in _reused:
+    _reused[key] = sources.pooled_from_config(data_config)
+  return _reused[key]
+
+
+def _preprocessed(pooled: sources.PooledDataset, data_config, indices: np.ndarray,
+                  prep: preprocess.Preprocessor, num_workers: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images, labels) of `indices`; inside `reuse_across_runs` only the images not
+  preprocessed before (with the same preprocessing) are."""
+  if _reused is None:
+    return batching.preprocess_split(pooled.source, indices, prep, num_workers=num_workers)
+  key = ('images', _data_identity(data_config), prep)
+  if key not in _reused:
+    n, size = len(pooled.source), prep.image_size
+    _reused[key] = (np.zeros((n, size, size, 1), np.uint8), np.zeros((n,), np.int32),
+                    np.zeros((n,), bool))
+  images, labels, done = _reused[key]
+  indices = np.asarray(indices, np.int64)
+  todo = np.unique(indices[~done[indices]])
+  if len(todo):
+    images[todo], labels[todo] = batching.preprocess_split(pooled.source, todo, prep,
+                                                           num_workers=num_workers)
+    done[todo] = True
+  return images[indices], labels[indices]
 
 
 def check_memory(data_config, num_images: int, global_batch_size: int) -> None:
@@ -118,7 +178,7 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
                      f'count {process_count}.')
   normalization = preprocess.resolve_normalization(data_config.normalization,
                                                    pretrained_source)
-  pooled = sources.pooled_from_config(data_config)
+  pooled = _pooled(data_config)
   try:
     split_indices = splits_lib.make_splits(pooled.metadata, data_config.split)
   except splits_lib.SplitError as e:
@@ -150,17 +210,17 @@ def create_input_pipeline(data_config, *, global_batch_size: int, eval_batch_siz
     if data_config.cache:
       if split not in caches:
         start = time.perf_counter()
-        caches[split] = batching.preprocess_split(pooled.source, split_indices[split],
-                                                  prep, num_workers=num_workers)
+        caches[split] = _preprocessed(pooled, data_config, split_indices[split], prep,
+                                      num_workers)
         logging.info('Cached %s split: %d images %dx%d in %.1f s (%.0f MB).', split,
                      len(split_indices[split]), prep.image_size, prep.image_size,
                      time.perf_counter() - start, caches[split][0].nbytes / 2**20)
       return batching.CachedBatch(*caches[split])
     return batching.DecodedBatch(batching.LoadRecord(pooled.source, split_indices[split], prep))
 
-  train_ds = batching.TrainBatches(num_train, batch_fn('train'), global_batch_size=global_batch_size,
-                          seed=seed, process_index=process_index,
-                          process_count=process_count)
+  train_ds = batching.TrainBatches(num_train, batch_fn('train'),
+                                   global_batch_size=global_batch_size, seed=seed,
+                                   process_index=process_index, process_count=process_count)
   if data_config.cache:
     # Batches are a memory gather (~0.15 ms for 32x224x224): one background thread keeps
     # `prefetch` batches ready. Worker processes would only add IPC here (and a pickled

@@ -219,18 +219,23 @@ def collect(runs: list[Run], *, trainable: Callable[[Run], bool] = lambda run: T
   Every finished run is checked before the first training, so a workdir of another
   config is refused before any time is spent.
   """
+  from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   finished = {run.key: load_result(run) for run in runs}
   results, first_seen = {}, set()
-  for run in runs:
-    result = finished[run.key]
-    if result is None and trainable(run) and not report_only:
-      # 'first': the first repeat's checkpoint of each variant (for evaluate_external).
-      keep = (keep_checkpoints == 'all' or
-              (keep_checkpoints == 'first' and (run.protocol, run.variant) not in first_seen))
-      result = train_one(run, keep)
-    first_seen.add((run.protocol, run.variant))
-    if result is not None:
-      results[run.key] = result
+  # One process for every run: the datasets, their preprocessed images and (through
+  # JAX's caches) the compiled steps of equal shapes are reused from run to run.
+  with pipeline_lib.reuse_across_runs():
+    for run in runs:
+      result = finished[run.key]
+      if result is None and trainable(run) and not report_only:
+        # 'first': the first repeat's checkpoint of each variant (for evaluate_external).
+        keep = (keep_checkpoints == 'all' or
+                (keep_checkpoints == 'first' and
+                 (run.protocol, run.variant) not in first_seen))
+        result = train_one(run, keep)
+      first_seen.add((run.protocol, run.variant))
+      if result is not None:
+        results[run.key] = result
   return results
 
 
