@@ -342,13 +342,22 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
         batch_stats=batch_stats, opt_state=tx.init(trainable),
         train_sums=jax.tree.map(jnp.asarray, _zero_sums()))
 
+  # The model is built once, inside the one trace; its graphdef (structure, no arrays)
+  # is kept from there.
+  traced = {}
+
+  def init() -> TrainState:
+    model = random_model()
+    traced['graphdef'] = nnx.graphdef(model)
+    return to_state(model)
+
   replicated = parallel.replicated(mesh)
-  graphdef = nnx.graphdef(nnx.eval_shape(random_model))
   if abstract:
-    shapes = jax.eval_shape(lambda: to_state(random_model()))
-    return graphdef, jax.tree.map(
+    shapes = jax.eval_shape(init)
+    return traced['graphdef'], jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
-  state = jax.jit(lambda: to_state(random_model()), out_shardings=replicated)()
+  state = jax.jit(init, out_shardings=replicated)()
+  graphdef = traced['graphdef']
   if config.pretrained.source:
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
     if config.pretrained.source == 'ssl':  # a backbone of `python -m spp_resnet.training.ssl`
