@@ -1,4 +1,4 @@
-r"""PyTorch (CPU) reference of the SPP-ResNet train step, for a fair speed comparison.
+r"""PyTorch reference of the SPP-ResNet train step (CPU or CUDA), for a fair speed comparison.
 
 The same network as `spp_resnet.models.create_model(config.model, ...)`, written here in
 plain PyTorch (torchvision is not installable in this environment):
@@ -15,12 +15,40 @@ plain PyTorch (torchvision is not installable in this environment):
 
 A train step does what the JAX step does: uint8 [B,S,S,1] -> float [0,1] -> 3 channels,
 random per-example rot90/flips (D4, via torch.where), forward, loss, backward, update.
-Torch on CPU is synchronous, so wall time per step is the step time.
+The synthetic batch lives on the device (as in benchmarks/train_step.py); the random
+D4 bits are drawn on the device each step.
+
+Options:
+  --device      cpu | cuda (default: cuda when torch.cuda.is_available()). On CUDA the
+                timed loops are bracketed by torch.cuda.synchronize() (steps are queued
+                back to back, as the JAX benchmark dispatches them), peak memory is
+                torch.cuda.max_memory_allocated and the device name is reported; on CPU
+                torch is synchronous and peak memory is the host's peak RSS.
+  --dtype       float32 | bfloat16. bfloat16 = torch.autocast(device, torch.bfloat16)
+                around forward + loss with float32 parameters and optimizer, the logits
+                cast to float32 before the loss: as the JAX model's
+                compute_dtype='bfloat16'.
+  --compile     torch.compile (default mode, or --compile_mode). --compile_scope=model
+                compiles the model (forward; AOTAutograd gives its backward);
+                --compile_scope=step compiles input conversion + augmentation + forward +
+                loss as one function and the optimizer step as another. Compiling
+                happens in the first (warm-up) steps: their excess over the steady step
+                time is reported as the compile time, apart from the timed steps
+                (use --warmup >= 3). If torch.compile fails (on CPU it needs a working
+                C++ compiler), the script says so and exits with status 3 (with --json:
+                a JSON line with an "error" key).
+  --tf32, --cudnn_benchmark  CUDA only, both on by default (JAX/XLA on a GPU uses TF32
+                for float32 convolutions and matmuls by default and autotunes its
+                convolutions).
 
   python benchmarks/torch_reference.py --config=configs/default.py \
       --config.model.variant=v1.5 --batch_size=32 --image_size=224 --steps=5 --warmup=2
+  python benchmarks/torch_reference.py --config=configs/default.py \
+      --config.model.variant=v1.5 --batch_size=256 --image_size=224 --steps=50 \
+      --warmup=5 --device=cuda --dtype=bfloat16 --channels_last --compile
 
-`--json` prints one JSON line (used by benchmarks/compare_torch.py).
+`--json` prints one JSON line (used by benchmarks/compare_torch.py and
+scripts/gpu_speed.sh).
 """
 
 from __future__ import annotations
@@ -49,6 +77,23 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.')
 _EVAL_STEPS = flags.DEFINE_integer('eval_steps', -1, 'Timed eval steps (-1: = steps).')
 _THREADS = flags.DEFINE_integer('threads', 0, 'torch.set_num_threads (0: cores available).')
 _CHANNELS_LAST = flags.DEFINE_bool('channels_last', False, 'NHWC memory format.')
+_DEVICE = flags.DEFINE_enum('device', None, ['cpu', 'cuda'],
+                            'Device (default: cuda if torch.cuda.is_available() else cpu).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Compute dtype: bfloat16 = autocast around forward + loss, '
+                           'float32 parameters and optimizer.')
+_COMPILE = flags.DEFINE_bool('compile', False, 'torch.compile the model / step.')
+_COMPILE_MODE = flags.DEFINE_enum(
+    'compile_mode', 'default',
+    ['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+    'torch.compile mode.')
+_COMPILE_SCOPE = flags.DEFINE_enum(
+    'compile_scope', 'model', ['model', 'step'],
+    'model: torch.compile(model); step: input conversion + augmentation + forward + loss '
+    'compiled as one function, the optimizer step as another.')
+_TF32 = flags.DEFINE_bool('tf32', True, 'CUDA: allow TF32 in float32 convs and matmuls.')
+_CUDNN_BENCHMARK = flags.DEFINE_bool('cudnn_benchmark', True,
+                                     'CUDA: torch.backends.cudnn.benchmark (autotuning).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
 SPECS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
@@ -174,13 +219,22 @@ def to_model_input(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor
                       else torch.contiguous_format)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-  """Random per-example transpose / row flip / column flip (the D4 group), [B,C,H,W]."""
-  b = x.shape[0]
-  t, r, c = (torch.randint(0, 2, (b, 1, 1, 1), generator=gen).bool() for _ in range(3))
+def draw_d4(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+  """Per-example random bits (transpose, row flip, column flip), on gen's device."""
+  return tuple(torch.randint(0, 2, (batch, 1, 1, 1), generator=gen,
+                             device=gen.device).bool() for _ in range(3))
+
+
+def apply_d4(x: torch.Tensor, t, r, c) -> torch.Tensor:
+  """Per-example transpose / row flip / column flip (the D4 group), [B,C,H,W]."""
   x = torch.where(t, x.transpose(2, 3), x)
   x = torch.where(r, x.flip(2), x)
   return torch.where(c, x.flip(3), x)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+  """Random per-example transpose / row flip / column flip (the D4 group), [B,C,H,W]."""
+  return apply_d4(x, *draw_d4(x.shape[0], gen))
 
 
 def loss_fn(logits, labels):
@@ -209,69 +263,171 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+class CompileError(RuntimeError):
+  """torch.compile failed (its message says why; on CPU often the C++ toolchain)."""
+
+
+def _graphs_compiled() -> int:
+  """Graphs dynamo has compiled so far in this process (best effort; -1 if unknown)."""
+  try:
+    from torch._dynamo.utils import counters  # pylint: disable=import-outside-toplevel
+    return int(counters['stats']['unique_graphs'])
+  except Exception:  # pylint: disable=broad-except
+    return -1
+
+
 def run(config, *, batch_size, image_size, num_classes, steps, warmup, eval_steps,
-        threads, channels_last) -> dict:
+        threads, channels_last, device=None, dtype='float32', compile=False,  # pylint: disable=redefined-builtin
+        compile_mode='default', compile_scope='model', tf32=True,
+        cudnn_benchmark=True) -> dict:
+  device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  cuda = device == 'cuda'
+  if cuda and not torch.cuda.is_available():
+    raise ValueError('--device=cuda but torch.cuda.is_available() is False')
   threads = threads or len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)
+  if cuda:
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
   torch.manual_seed(config.seed)
   model = Classifier(config.model, num_classes)
   fmt = torch.channels_last if channels_last else torch.contiguous_format
-  model = model.to(memory_format=fmt)
+  model = model.to(device=device, memory_format=fmt)
   opt = make_optimizer(model, config.optimizer)
   rng = np.random.default_rng(0)
   images = torch.from_numpy(
-      rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(0, num_classes, (batch_size,)).astype(np.int64))
-  gen = torch.Generator().manual_seed(0)
+      rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(
+      rng.integers(0, num_classes, (batch_size,)).astype(np.int64)).to(device)
+  gen = torch.Generator(device=device).manual_seed(0)
+  bf16 = dtype == 'bfloat16'
+
+  def autocast():
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+  def sync():
+    if cuda:
+      torch.cuda.synchronize()
+
+  compile_kw = {} if compile_mode == 'default' else {'mode': compile_mode}
+  net = torch.compile(model, **compile_kw) if compile and compile_scope == 'model' else model
+
+  def forward_loss(images, labels, t, r, c):
+    x = apply_d4(to_model_input(images, channels_last), t, r, c)
+    with autocast():
+      logits = net(x)
+    return loss_fn(logits.float(), labels)  # float32 logits and loss, as the JAX model
+
+  def forward_eval(images):
+    with autocast():
+      return net(to_model_input(images, channels_last)).float()
+
+  opt_step = opt.step
+  if compile and compile_scope == 'step':
+    forward_loss = torch.compile(forward_loss, **compile_kw)
+    forward_eval = torch.compile(forward_eval, **compile_kw)
+    opt_step = torch.compile(lambda: opt.step(), **compile_kw)  # pylint: disable=unnecessary-lambda
+
+  cudagraphs = compile and compile_mode == 'reduce-overhead'
 
   def train_step():
-    x = augment(to_model_input(images, channels_last), gen)
-    loss = loss_fn(model(x), labels)
+    if cudagraphs:  # a new iteration: the last one's graph outputs may be overwritten
+      torch.compiler.cudagraph_mark_step_begin()
+    loss = forward_loss(images, labels, *draw_d4(batch_size, gen))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    opt.step()
+    opt_step()
     return loss
 
   @torch.no_grad()
   def eval_step():
-    return model(to_model_input(images, channels_last))
+    return forward_eval(images)
 
+  def guarded(fn):  # the first calls compile: report a failure as such
+    if not compile:
+      return fn()
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CompileError(f'torch.compile (mode {compile_mode}, scope {compile_scope}) '
+                         f'failed on {device}: {type(e).__name__}: {e}') from e
+
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
   model.train()
-  t0 = time.perf_counter()
-  train_step()
-  first_s = time.perf_counter() - t0
-  for _ in range(max(0, warmup - 1)):
-    train_step()
+  warm_times = []
+  for _ in range(max(1, warmup)):  # the first steps compile (torch.compile, cudnn autotune)
+    t0 = time.perf_counter()
+    guarded(train_step)
+    sync()
+    warm_times.append(time.perf_counter() - t0)
+  graphs_before = _graphs_compiled()
+  sync()
   c0, t0 = time.process_time(), time.perf_counter()
   for _ in range(steps):
     loss = train_step()
+  sync()
   train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+  step_s = train_s / steps
   loss = float(loss.detach())
+  train_recompiles = (_graphs_compiled() - graphs_before) if graphs_before >= 0 else -1
 
   model.eval()
   eval_steps = steps if eval_steps < 0 else eval_steps
+  eval_warm = []
   for _ in range(max(1, warmup)):
-    eval_step()
+    t0 = time.perf_counter()
+    guarded(eval_step)
+    sync()
+    eval_warm.append(time.perf_counter() - t0)
+  sync()
   t0 = time.perf_counter()
   for _ in range(eval_steps):
     eval_step()
+  sync()
   eval_s = time.perf_counter() - t0
+  eval_step_s = eval_s / eval_steps if eval_steps else float('nan')
 
+  if cuda:
+    peak, peak_kind = torch.cuda.max_memory_allocated() / 2**20, 'cuda max_memory_allocated'
+    device_name = torch.cuda.get_device_name()
+    devices = f'cuda: {device_name}'
+  else:
+    peak, peak_kind = peak_rss_mib(), 'host peak RSS'
+    device_name = platform.processor() or platform.machine()
+    devices = f'cpu x{threads} threads'
+  # Time the warm-up steps took beyond steady-state steps: compiling (torch.compile,
+  # cudnn autotuning, lazy init). Reported as the compile time when compiled.
+  warm_excess = max(0.0, sum(warm_times) - len(warm_times) * step_s)
+  eval_excess = (max(0.0, sum(eval_warm) - len(eval_warm) * eval_step_s)
+                 if eval_steps else float('nan'))
   m = config.model
   return {
-      'framework': f'torch {torch.__version__}',
+      'framework': f'torch {torch.__version__}' + (' compile' if compile else ''),
       'backbone': m.backbone, 'variant': m.variant, 'pooling': m.pooling,
       'spp_levels': list(m.spp_levels), 'head_hidden': list(m.head_hidden),
-      'image_size': image_size, 'batch_size': batch_size, 'dtype': 'float32',
-      'devices': f'cpu x{threads} threads', 'threads': threads,
+      'image_size': image_size, 'batch_size': batch_size, 'dtype': dtype,
+      'devices': devices, 'device': device, 'platform': device, 'device_name': device_name,
+      'threads': threads,
       'params': num_params(model), 'steps': steps, 'warmup': warmup,
-      'first_step_s': first_s,
-      'train_step_ms': 1e3 * train_s / steps,
+      'eval_steps': eval_steps,
+      'compiled': compile, 'compile_mode': compile_mode if compile else '',
+      'compile_scope': compile_scope if compile else '',
+      'compile_train_s': warm_excess if compile else 0.0,
+      'compile_eval_s': eval_excess if compile else 0.0,
+      'warmup_step_s': warm_times, 'warmup_excess_train_s': warm_excess,
+      'warmup_excess_eval_s': eval_excess,
+      'recompiles_in_timed_loop': train_recompiles if compile else 0,
+      'first_step_s': warm_times[0],
+      'train_step_ms': 1e3 * step_s,
       'train_images_per_s': batch_size * steps / train_s,
       'train_cpu_s_per_step': train_cpu_s / steps,
+      'eval_step_ms': 1e3 * eval_step_s,
       'eval_images_per_s': batch_size * eval_steps / eval_s if eval_steps else float('nan'),
-      'peak_memory_mib': peak_rss_mib(), 'peak_memory_kind': 'host peak RSS',
+      'peak_memory_mib': peak, 'peak_memory_kind': peak_kind,
       'final_loss': loss, 'channels_last': channels_last,
+      'tf32': tf32 if cuda else None, 'cudnn_benchmark': cudnn_benchmark if cuda else None,
   }
 
 
@@ -282,14 +438,23 @@ def format_table(r: dict) -> str:
                 f"+ head {r['head_hidden']}"),
       ('params', f"{r['params']:,}"),
       ('image size', r['image_size']), ('batch', r['batch_size']), ('dtype', r['dtype']),
+      ('device', r['devices']),
       ('threads', r['threads']), ('memory format',
                                   'channels_last' if r['channels_last'] else 'NCHW'),
+      ('torch.compile', f"mode {r['compile_mode']}, scope {r['compile_scope']}"
+                        if r['compiled'] else 'no (eager)'),
+  ]
+  if r['compiled']:
+    rows.append(('compile s (train / eval; warm-up excess)',
+                 f"{r['compile_train_s']:.1f} / {r['compile_eval_s']:.1f}"))
+    rows.append(('graphs compiled in timed loop', r['recompiles_in_timed_loop']))
+  rows += [
       ('first step s', f"{r['first_step_s']:.2f}"),
       (f"train step ms (mean of {r['steps']})", f"{r['train_step_ms']:.1f}"),
       ('train images/s', f"{r['train_images_per_s']:.1f}"),
       ('train CPU s/step (all threads)', f"{r['train_cpu_s_per_step']:.2f}"),
       ('eval images/s', f"{r['eval_images_per_s']:.1f}"),
-      ('peak memory MiB (host RSS)', f"{r['peak_memory_mib']:.0f}"),
+      (f"peak memory MiB ({r['peak_memory_kind']})", f"{r['peak_memory_mib']:.0f}"),
   ]
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
@@ -297,10 +462,25 @@ def format_table(r: dict) -> str:
 
 def main(argv):
   del argv
-  result = run(_CONFIG.value, batch_size=_BATCH.value, image_size=_IMAGE.value,
-               num_classes=_NUM_CLASSES.value, steps=_STEPS.value, warmup=_WARMUP.value,
-               eval_steps=_EVAL_STEPS.value, threads=_THREADS.value,
-               channels_last=_CHANNELS_LAST.value)
+  try:
+    result = run(_CONFIG.value, batch_size=_BATCH.value, image_size=_IMAGE.value,
+                 num_classes=_NUM_CLASSES.value, steps=_STEPS.value, warmup=_WARMUP.value,
+                 eval_steps=_EVAL_STEPS.value, threads=_THREADS.value,
+                 channels_last=_CHANNELS_LAST.value, device=_DEVICE.value,
+                 dtype=_DTYPE.value, compile=_COMPILE.value,
+                 compile_mode=_COMPILE_MODE.value, compile_scope=_COMPILE_SCOPE.value,
+                 tf32=_TF32.value, cudnn_benchmark=_CUDNN_BENCHMARK.value)
+  except CompileError as e:
+    message = str(e).strip()
+    print(f'ERROR: {message.splitlines()[0][:2000]}', file=sys.stderr)
+    if _JSON.value:
+      print(json.dumps({'error': message[:4000], 'compiled': True,
+                        'compile_mode': _COMPILE_MODE.value,
+                        'compile_scope': _COMPILE_SCOPE.value,
+                        'framework': f'torch {torch.__version__} compile',
+                        'dtype': _DTYPE.value, 'batch_size': _BATCH.value,
+                        'image_size': _IMAGE.value}))
+    sys.exit(3)
   result['python'] = platform.python_version()
   if _JSON.value:
     print(json.dumps(result))
