@@ -136,33 +136,33 @@ def run(config, *, num_classes: int, steps: int, warmup: int, eval_steps: int) -
 
   # Compile (ahead of time; the jitted call below reuses the executable). As in the
   # train loop, the state crosses the jit boundary as its flat list of arrays.
-  train_step = steps_.train.jitted
+  train_step, consts = steps_.train.jitted, steps_.train.consts  # (leaves, batch, *consts)
   leaves = steps_.train.leaves(state)
   t0 = time.perf_counter()
-  train_step.lower(leaves, train_batch).compile()
+  train_step.lower(leaves, train_batch, *consts).compile()
   compile_train_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  leaves = train_step(leaves, train_batch)
+  leaves = train_step(leaves, train_batch, *consts)
   jax.block_until_ready(leaves)
   first_step_s = time.perf_counter() - t0
   # A step must not move data between host and device implicitly.
   try:
     with jax.transfer_guard('disallow'):
-      leaves = train_step(leaves, train_batch)
+      leaves = train_step(leaves, train_batch, *consts)
       jax.block_until_ready(leaves)
     transfers = 'none'
   except Exception as e:  # pylint: disable=broad-except
     transfers = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
   for _ in range(max(0, warmup - 2)):
-    leaves = train_step(leaves, train_batch)
+    leaves = train_step(leaves, train_batch, *consts)
   jax.block_until_ready(leaves)
 
   cache_before = train_step._cache_size()  # pylint: disable=protected-access
   holder = [leaves]
 
   def one_train_step():
-    holder[0] = train_step(holder[0], train_batch)  # donated: keep the new arrays
+    holder[0] = train_step(holder[0], train_batch, *consts)  # donated: keep the new arrays
     return holder[0]
 
   train_s, train_cpu_s = _time_loop(one_train_step, steps)

@@ -28,8 +28,8 @@
 #      noise): summary.json's `dtype_table` has the final test accuracy / ROC AUC per
 #      dtype and seed (config.seed: the model's init, dropout and augmentation; the
 #      split stays fixed), to show whether bf16 changes results beyond seed noise.
-#      The seed is a constant of the jitted init and train step, so each new seed (and
-#      dtype) compiles anew even with a warm cache: their timing.json `compile` is cold.
+#      The seed is an argument of the jitted init and train step, so another seed reuses
+#      the compiled steps; each dtype's first run compiles its own.
 #   f. profile-bf16-b256: the paper run in bf16 at batch 256 (1 step an epoch on the
 #      sample) with config.profile_steps=(20,22): a jax.profiler trace of 3 train steps
 #      -> profile.tgz (TensorBoard's profile tab, or Perfetto).

@@ -150,15 +150,23 @@ class LeafStep:
   does both for one step.
   """
 
-  def __init__(self, step: Callable[[TrainState, Batch], TrainState], out_shardings):
+  def __init__(self, step: Callable[..., TrainState], out_shardings, *consts: jax.Array):
+    """`step(state, batch, *consts)`; `consts` are passed at every call as arguments, not
+    baked into the compiled step, so that another value (a seed) does not recompile."""
     self._treedef = None
+    self.consts = consts
 
-    def on_leaves(leaves, batch):
-      return jax.tree.leaves(step(jax.tree.unflatten(self._treedef, leaves), batch))
+    def on_leaves(leaves, batch, *consts):
+      return jax.tree.leaves(step(jax.tree.unflatten(self._treedef, leaves), batch, *consts))
 
     # The new state is replicated like the old one, so the donated buffers are reused in
     # place; pinning out_shardings keeps a sharding change from silently copying it.
+    # jitted(leaves, batch, *consts).
     self.jitted = jax.jit(on_leaves, donate_argnums=0, out_shardings=out_shardings)
+
+  def run(self, leaves: list[jax.Array], batch: Batch) -> list[jax.Array]:
+    """One step on the state's arrays (donated); returns the new ones."""
+    return self.jitted(leaves, batch, *self.consts)
 
   def leaves(self, state: TrainState) -> list[jax.Array]:
     leaves, treedef = jax.tree.flatten(state)
@@ -173,7 +181,7 @@ class LeafStep:
     return jax.tree.unflatten(self._treedef, leaves)
 
   def __call__(self, state: TrainState, batch: Batch) -> TrainState:
-    return self.state(self.jitted(self.leaves(state), batch))
+    return self.state(self.run(self.leaves(state), batch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +198,6 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   augment = augment_lib.AugmentSpec.from_config(config.data.augment)
   smoothing = float(config.get('loss', {}).get('label_smoothing', 0.0))  # older runs: none
   weights = None if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
-  base_key = jax.random.key(config.seed)
   update_batch_stats = not config.freeze.batch_stats
   # Frozen stages normalize with, and keep, their running statistics.
   frozen_stages = frozen_stage_count(config.freeze.backbone_up_to)
@@ -199,9 +206,11 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def model_input(images):
     return preprocess.to_model_input(images, normalization)
 
-  def train_step(state: TrainState, batch: Batch) -> TrainState:
-    # Keys depend only on the step: a resumed run draws the same augmentation/dropout.
-    aug_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
+  def train_step(state: TrainState, batch: Batch, seed: jax.Array) -> TrainState:
+    # Keys depend only on the seed and the step: a resumed run draws the same
+    # augmentation and dropout.
+    aug_key, dropout_key = jax.random.split(
+        jax.random.fold_in(jax.random.key(seed), state.step))
     # Augment the uint8 single-channel batch: 12x fewer bytes than the model input.
     images = model_input(augment(batch['image'], aug_key))
     labels = batch['label']
@@ -239,7 +248,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   probs = probs_fn(graphdef, normalization)
   replicated = parallel.replicated(mesh)
   return Steps(
-      train=LeafStep(train_step, replicated),
+      train=LeafStep(train_step, replicated, parallel.replicate(np.int32(config.seed), mesh)),
       eval=jax.jit(lambda state, batch: probs(inference_weights(state), batch),
                    out_shardings=replicated))
 
@@ -330,9 +339,9 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
   """
   freeze = frozen_filter(config.freeze.backbone_up_to)
 
-  def random_model():
+  def random_model(seed):
     return create_model(config.model, num_classes=num_classes,
-                        rngs=nnx.Rngs(params=config.seed))
+                        rngs=nnx.Rngs(params=jax.random.key(seed)))
 
   def to_state(model) -> TrainState:
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -346,17 +355,18 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
   # is kept from there.
   traced = {}
 
-  def init() -> TrainState:
-    model = random_model()
+  def init(seed) -> TrainState:  # the seed is an argument: another one does not recompile
+    model = random_model(seed)
     traced['graphdef'] = nnx.graphdef(model)
     return to_state(model)
 
   replicated = parallel.replicated(mesh)
   if abstract:
-    shapes = jax.eval_shape(init)
+    shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((), jnp.int32))
     return traced['graphdef'], jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
-  state = jax.jit(init, out_shardings=replicated)()
+  state = jax.jit(init, out_shardings=replicated)(
+      parallel.replicate(np.int32(config.seed), mesh))
   graphdef = traced['graphdef']
   if config.pretrained.source:
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
@@ -727,10 +737,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
     batch = parallel.global_batch(monitor.next_batch(pipeline.train_iter), exp.mesh)
     if first:  # compiles (or loads the compiled step from the persistent cache)
       with clock.phase('compile'):
-        leaves = jax.block_until_ready(train_step.jitted(leaves, batch))
+        leaves = jax.block_until_ready(train_step.run(leaves, batch))
       first = False
     else:
-      leaves = train_step.jitted(leaves, batch)
+      leaves = train_step.run(leaves, batch)
     profiler.after(step, leaves)
     epoch, end_of_epoch = divmod(step, steps_per_epoch)
     end_of_epoch = end_of_epoch == 0
