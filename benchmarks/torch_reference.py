@@ -287,8 +287,14 @@ def run(config, *, batch_size, image_size, num_classes, steps, warmup, eval_step
   threads = threads or len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)
   if cuda:
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    if hasattr(torch.backends.cudnn, 'conv') and hasattr(torch.backends.cudnn.conv,
+                                                           'fp32_precision'):  # torch >= 2.9
+      precision = 'tf32' if tf32 else 'ieee'
+      torch.backends.cuda.matmul.fp32_precision = precision
+      torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+      torch.backends.cuda.matmul.allow_tf32 = tf32
+      torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = cudnn_benchmark
   torch.manual_seed(config.seed)
   model = Classifier(config.model, num_classes)

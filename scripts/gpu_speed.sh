@@ -21,8 +21,8 @@
 #      bundle carries (316 images: 256 train, 60 test), first with an empty JAX
 #      compilation cache (on a fresh machine the TFDS dir is empty too, so the cold run
 #      also prepares the dataset), then warm; wall time of each whole
-#      command, and the run's own timing.json (seconds per phase: data, init, compile,
-#      train, eval, checkpoint, test) and metrics.jsonl.
+#      command, and the run's own timing.json (seconds per phase: data, init, restore,
+#      compile, train, eval, checkpoint, test) and metrics.jsonl.
 #   e. dtype-*: the same run with compute_dtype=bfloat16 (seed 0 and 1) and fp32 seed 1
 #      (fp32 seed 0 is paper-warm; paper-cold vs paper-warm shows the GPU's own run-to-run
 #      noise): summary.json's `dtype_table` has the final test accuracy / ROC AUC per
@@ -32,7 +32,8 @@
 #      the compiled steps; each dtype's first run compiles its own.
 #   f. profile-bf16-b256: the paper run in bf16 at batch 256 (1 step an epoch on the
 #      sample) with config.profile_steps=(20,22): a jax.profiler trace of 3 train steps
-#      -> profile.tgz (TensorBoard's profile tab, or Perfetto).
+#      and, since each of them ends an epoch, 2 test evaluations -> profile.tgz
+#      (TensorBoard's profile tab, or Perfetto).
 #   g. ablation (+ ablation-report): Table 2 at the paper's setting in one process
 #      (spp_resnet.experiments.ablation, configs/ablation_gpu.py, --protocols=paper
 #      --folds=3 unless ABLATION_ARGS says otherwise); the TL rows read "not run (no

@@ -82,6 +82,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'eval_every_epochs'):
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
+  _require(isinstance(config.seed, int) and 0 <= config.seed < 2**31, 'seed',
+           'must be an integer in [0, 2**31)', config.seed)
   profile = tuple(config.get('profile_steps', (0, 0)))
   _require(len(profile) == 2 and all(isinstance(x, int) for x in profile) and (
       profile == (0, 0) or 1 <= profile[0] <= profile[1]), 'profile_steps',

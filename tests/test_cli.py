@@ -53,6 +53,7 @@ def test_the_last_override_of_a_field_wins():
     ('loss.class_weights', 'inverse', "must be one of 'none', 'balanced'"),
     ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < low <= high <= 1'),
     ('profile_steps', (5, 2), 'must be (first, last) train steps'),
+    ('seed', 2**31, 'must be an integer in [0, 2**31)'),
 ])
 def test_impossible_values_name_the_field(field, value, message):
   config = default.get_config()

@@ -94,7 +94,8 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   assert last['train/images_per_sec'] > 0 and last['train/data_wait_s'] >= 0
   # Where the time went: every phase measured, together within the run's total.
   timing = json.loads((workdir / 'timing.json').read_text())
-  phases = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'test')
+  phases = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'profile',
+            'test')
   assert list(timing) == [*phases, 'total'], timing
   assert all(timing[k] >= 0 for k in phases) and timing['compile'] > 0 < timing['train']
   assert sum(timing[k] for k in phases) <= timing['total'] + 0.01

@@ -93,6 +93,9 @@ def _preprocessed(pooled: sources.PooledDataset, data_config, indices: np.ndarra
     return batching.preprocess_split(pooled.source, indices, prep, num_workers=num_workers)
   key = ('images', _data_identity(data_config), prep)
   if key not in _reused:
+    # Only the newest preprocessing of a dataset is kept (a sweep over image sizes).
+    for old in [k for k in _reused if k[:2] == key[:2]]:
+      del _reused[old]
     n, size = len(pooled.source), prep.image_size
     _reused[key] = (np.zeros((n, size, size, 1), np.uint8), np.zeros((n,), np.int32),
                     np.zeros((n,), bool))

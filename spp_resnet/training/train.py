@@ -287,10 +287,12 @@ class Stopwatch:
   Phases: data (dataset, split, train cache), init (state and steps), restore, compile
   (the first train step, synced), train (the other steps, input waits included), eval
   (validation or test epochs, model selection), checkpoint (saves and the final write),
-  test (the final test).
+  profile (writing a config.profile_steps trace), test (the final test). A resumed run
+  measures its own session only.
   """
 
-  ORDER = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'test')
+  ORDER = ('data', 'init', 'restore', 'compile', 'train', 'eval', 'checkpoint', 'profile',
+           'test')
 
   def __init__(self):
     self.seconds: dict[str, float] = {}
@@ -702,7 +704,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   config_validation.validate(config)
   check_resume_config(config, workdir)  # before anything in the workdir is touched
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    return _train(config, workdir)
+    try:
+      return _train(config, workdir)
+    finally:  # a run that failed inside its trace window still writes the trace
+      if _Profiler.active is not None:
+        _Profiler.active.stop()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
@@ -730,7 +736,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   train_step = exp.steps.train
   leaves = train_step.leaves(state)  # between steps; `state` is rebuilt where it is read
   loop_start, first = time.perf_counter(), True
-  profiler = _Profiler(config.get('profile_steps', (0, 0)), workdir)
+  profiler = _Profiler(config.get('profile_steps', (0, 0)), workdir, clock)
   while step < exp.total_steps and not stopped:
     step += 1
     profiler.before(step)
@@ -786,7 +792,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       last_checkpoint = step
   profiler.stop()
   clock.seconds['train'] = time.perf_counter() - loop_start - sum(
-      clock.seconds.get(k, 0.0) for k in ('compile', 'eval', 'checkpoint'))
+      clock.seconds.get(k, 0.0) for k in ('compile', 'eval', 'checkpoint', 'profile'))
   with clock.phase('checkpoint'):
     exp.checkpointer.wait()
     exp.checkpointer.close()
@@ -806,17 +812,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
 
 class _Profiler:
   """A jax.profiler trace of train steps first..last (config.profile_steps) in
-  WORKDIR/profile/; the last step is waited for, so the trace holds its device work."""
+  WORKDIR/profile/; the last step is waited for, so the trace holds its device work.
+  A run that resumes past `first` writes none."""
 
-  def __init__(self, steps, workdir: str):
+  active: '_Profiler | None' = None  # the trace running in this process, if any
+
+  def __init__(self, steps, workdir: str, clock: Stopwatch):
     self.first, self.last = (int(x) for x in steps)
     self.path = os.path.join(workdir, 'profile')
+    self.clock = clock
     self.tracing = False
 
   def before(self, step: int) -> None:
     if self.first and step == self.first:
       jax.profiler.start_trace(self.path)
       self.tracing = True
+      _Profiler.active = self
 
   def after(self, step: int, leaves) -> None:
     if self.tracing and step == self.last:
@@ -825,8 +836,10 @@ class _Profiler:
 
   def stop(self) -> None:
     if self.tracing:
-      jax.profiler.stop_trace()
+      with self.clock.phase('profile'):
+        jax.profiler.stop_trace()
       self.tracing = False
+      _Profiler.active = None
       logging.info('Profile of train steps %d-%d written to %s.', self.first, self.last,
                    self.path)
 
