@@ -270,9 +270,12 @@ def plot_grid(workdir: str, grid: Grid, grid_points: dict[str, dict],
         for name, agg in aggregates.items():
           interval = report.metric_value(agg.get(key), metric)
           if interval is not None:
+            low, high = interval['low'], interval['high']
+            if report.higher_is_better(metric):  # rates: bounds in [0, 1], as the tables
+              low, high = (x if math.isnan(x) else min(max(x, 0.0), 1.0)
+                           for x in (low, high))
             lines.setdefault(line(name), []).append(
-                (grid_points[name][field], interval['mean'], interval['low'],
-                 interval['high']))
+                (grid_points[name][field], interval['mean'], low, high))
         if lines:
           panels[panel] = lines
       if not panels:
