@@ -13,8 +13,10 @@ Command (3 random 'paper' splits per grid point; the grid is `sweep_grid` below 
       --config.data.manual_dir=/path/to/kaggle/brain_tumor \
       --config.pretrained.path=/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
 
-The paper claims a batch of 32 is best. Not measured here yet (3 x 3 runs of 25 epochs
-of the full setting).
+The paper claims a batch of 32 is best. Measured only at a reduced CPU scale (48 px,
+the 316-image Bohaju sample, no ImageNet weights, 2 splits a point; 25 min,
+docs/results.md): test ROC AUC 0.69-0.77, not separable; the full setting (3 x 3 runs of
+25 epochs) needs a GPU.
 """
 
 from configs import default

@@ -12,8 +12,10 @@ Command (3 random 'paper' splits per grid point; the grid is `sweep_grid` below 
       --config.data.manual_dir=/path/to/kaggle/brain_tumor \
       --config.pretrained.path=/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
 
-The paper claims 25 epochs is best. Not measured here yet (4 x 3 runs of the full
-setting, 90 epochs per split: several GPU hours).
+The paper claims 25 epochs is best. Measured only at a reduced CPU scale (5, 10, 25
+epochs; 48 px, the 316-image Bohaju sample, no ImageNet weights, 2 splits a point; 14
+min, docs/results.md): test ROC AUC 0.68-0.77, not separable; the full setting (4 x 3
+runs, 90 epochs per split) needs a GPU.
 """
 
 from configs import default

@@ -13,8 +13,10 @@ Command (3 random 'paper' splits per grid point; the grid is `sweep_grid` below 
       --config.data.manual_dir=/path/to/kaggle/brain_tumor \
       --config.pretrained.path=/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
 
-The paper claims a learning rate of 1e-4 is best. Not measured here yet (6 x 3 runs of
-25 epochs of the full setting). At 1e-1 and 1 SGD may diverge: such a run is not
+The paper claims a learning rate of 1e-4 is best. Measured only at a reduced CPU scale
+(48 px, the 316-image Bohaju sample, no ImageNet weights, 2 splits a point; 64 min,
+docs/results.md): test ROC AUC 0.76-0.80 from 1e-5 to 1e-2, no point separable from
+another, divergence at 1e-1 and 1; the full setting (6 x 3 runs) needs a GPU. At 1e-1 and 1 SGD may diverge: such a run is not
 stopped (`halt_on_nan` off) but reported as what it is, NaN outputs with ROC AUC n/a.
 """
 
