@@ -59,8 +59,10 @@ _reused: dict | None = None
 def reuse_across_runs():
   """Runs started inside this block, in this process, share their pooled datasets and
   preprocessed images: an ablation or a sweep trains many configs on the same images,
-  and each would otherwise load and preprocess them again. Only for the duration of the
-  block: a dataset changed on disk afterwards is read afresh."""
+  and each would otherwise load and preprocess them again. It holds one uint8 copy of
+  each dataset at its newest image size (0.14 GiB for 3,000 images at 224 px), beside
+  each run's own. Only for the duration of the block: a dataset changed on disk
+  afterwards is read afresh."""
   global _reused
   outer = _reused
   _reused = {} if outer is None else outer

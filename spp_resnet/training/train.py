@@ -143,11 +143,11 @@ class LeafStep:
   """A jitted TrainState -> TrainState step whose jit boundary is a flat list of arrays.
 
   A TrainState holds ~550 arrays inside nnx.State and optax nodes; flattening and
-  matching those nodes at every jitted call costs ~8 ms of host time (2-core CPU), as
-  long as a whole bf16 batch-32 step on an H200. A list of its arrays costs ~1 ms. The
-  train loop therefore keeps the arrays between steps (`leaves`, `jitted`) and rebuilds
-  the TrainState only where it reads it (`state`); calling the object with a TrainState
-  does both for one step.
+  matching those nodes at every jitted call costs 2.8-3.4 ms of host time on the 2-core
+  CPU, a list of its arrays 0.9-1.2 ms (benchmarks/train_step.py, ResNet-50 + SPP; on
+  an H200 a whole bf16 batch-32 step takes about 10 ms). The train loop therefore keeps
+  the arrays between steps (`run`) and rebuilds the TrainState only where it reads it
+  (`state`); calling the object with a TrainState does both for one step.
   """
 
   def __init__(self, step: Callable[..., TrainState], out_shardings, *consts: jax.Array):
@@ -161,7 +161,6 @@ class LeafStep:
 
     # The new state is replicated like the old one, so the donated buffers are reused in
     # place; pinning out_shardings keeps a sharding change from silently copying it.
-    # jitted(leaves, batch, *consts).
     self.jitted = jax.jit(on_leaves, donate_argnums=0, out_shardings=out_shardings)
 
   def run(self, leaves: list[jax.Array], batch: Batch) -> list[jax.Array]:
