@@ -137,7 +137,8 @@ def test_matrix(tmp_path):
   datasets = {'phantom': DatasetSpec(PHANTOM), 'both': DatasetSpec('image_folder', str(both)),
               'tumor_only': DatasetSpec('image_folder', str(tumor_only))}
   result = xd.build_matrix({'phantom': str(run), 'mix': str(mix_run)}, datasets, str(out),
-                           data_dir=str(tmp_path / 'tfds'), argv=['cross_dataset', '--x=1'])
+                           data_dir=str(tmp_path / 'tfds'), refit_threshold=2,
+                           argv=['cross_dataset', '--x=1'])
   cells = result['cells']
   assert cells['phantom']['phantom'] == {'status': 'trained on'}
   assert cells['mix']['both'] == {'status': 'trained on'}
@@ -176,6 +177,14 @@ def test_matrix(tmp_path):
   threshold = result['runs']['phantom']['threshold']
   assert cols[1] == (f'{threshold:.4f}' if result['runs']['phantom']['threshold_known']
                      else '0.5 (default)')
+  # The threshold refitted on 2 images per class of each test set: where both classes are.
+  refit = both_cell['refit_threshold']
+  assert refit['per_class'] == 2 and refit['num_evaluated'] == 8 and refit['rule'] == 'youden'
+  assert 0 <= refit['sensitivity']['low'] <= refit['sensitivity']['mean'] <= 1
+  assert 'skipped' in cells['phantom']['tumor_only']['refit_threshold']
+  section = md.split('threshold refitted on 2 images per class')[1].split('##')[0]
+  row = next(l for l in section.splitlines() if l.startswith('| phantom'))
+  assert [c.strip() for c in row.strip('|').split('|')][1::2] == ['trained on', 'n/a']
   low, high = both_cell['intervals']['roc_auc']  # 95% bootstrap interval over images
   assert low <= both_cell['metrics']['roc_auc'] <= high
   assert cols[2:] == ['trained on',

@@ -80,6 +80,28 @@ def test_choose_threshold_single_class_falls_back_to_fixed():
     M.choose_threshold([0.2, 0.9], [0, 1], 'best')
 
 
+def test_refit_threshold_on_a_few_images_of_a_shifted_site():
+  # A model that ranks perfectly, but whose scores at this site all sit below a threshold
+  # fitted elsewhere (0.9): refitted on 3 images per class, it separates the other images.
+  rng = np.random.default_rng(0)
+  neg, pos = rng.uniform(0.0, 0.1, 40), rng.uniform(0.6, 0.7, 20)
+  scores, labels = np.r_[neg, pos], np.r_[np.zeros(40), np.ones(20)]
+  refit = M.refit_threshold(scores, labels, 3, 'youden', repeats=25, seed=1)
+  assert refit['per_class'] == 3 and refit['repeats'] == 25 and refit['num_evaluated'] == 54
+  assert 0.1 < refit['threshold']['low'] < refit['threshold']['high'] < 0.6
+  for key in ('sensitivity', 'specificity', 'accuracy'):
+    assert refit[key] == {'mean': 1.0, 'low': 1.0, 'high': 1.0}
+  # Overlapping classes: the draws disagree, and the range says so.
+  overlapping = rng.random(60)
+  noisy = M.refit_threshold(overlapping, labels, 3, 'sensitivity', repeats=25)
+  assert noisy['sensitivity']['low'] < noisy['sensitivity']['mean'] < 1.0
+  assert noisy['threshold']['low'] < noisy['threshold']['high']
+  assert noisy == M.refit_threshold(overlapping, labels, 3, 'sensitivity', repeats=25)
+  for bad, match in (((3, 'fixed'), 'refit rule'), ((20, 'youden'), 'more than that')):
+    with pytest.raises(ValueError, match=match):
+      M.refit_threshold(scores, labels, bad[0], bad[1])
+
+
 # ---- Host metrics -----------------------------------------------------------------------
 
 

@@ -306,6 +306,54 @@ def binary_intervals(confusion: np.ndarray, scores: np.ndarray | None = None,
   return out
 
 
+def refit_threshold(scores: np.ndarray, labels: np.ndarray, per_class: int, rule: str, *,
+                    target_sensitivity: float = 0.9, repeats: int = 20, seed: int = 0,
+                    confidence: float = 0.95) -> dict:
+  """What a site gets by refitting a binary model's threshold on a few of its own images.
+
+  `repeats` times: draw `per_class` labelled images of each class at random (the
+  calibration sample), fit the threshold on their scores with `rule` ('youden' or
+  'sensitivity', as `choose_threshold`), and measure sensitivity, specificity and
+  accuracy on all the OTHER images. Returns, per metric, the mean over the repeats and
+  the central `confidence` range of the repeats (the spread due to which images were
+  labelled, not a confidence interval of the mean), and the same for the threshold.
+
+  Raises ValueError if a class has no image left to evaluate after the sample.
+  """
+  if rule not in ('youden', 'sensitivity'):
+    raise ValueError(f'refit rule {rule!r}: one of youden, sensitivity (a fixed threshold '
+                     'is not fitted).')
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  by_class = [np.nonzero(~positive)[0], np.nonzero(positive)[0]]
+  if per_class < 1 or min(len(i) for i in by_class) <= per_class:
+    raise ValueError(f'refitting the threshold on {per_class} images per class needs more '
+                     f'than that in each class; there are {len(by_class[0])} negative and '
+                     f'{len(by_class[1])} positive images.')
+  rng = np.random.default_rng(seed)
+  draws = {k: [] for k in ('threshold', 'sensitivity', 'specificity', 'accuracy')}
+  for _ in range(repeats):
+    sample = np.concatenate([rng.choice(i, per_class, replace=False) for i in by_class])
+    rest = np.ones(len(scores), bool)
+    rest[sample] = False
+    threshold = choose_threshold(scores[sample], positive[sample], rule,
+                                 target_sensitivity=target_sensitivity)
+    called = scores[rest] >= threshold
+    truth = positive[rest]
+    draws['threshold'].append(threshold)
+    draws['sensitivity'].append(called[truth].mean())
+    draws['specificity'].append((~called[~truth]).mean())
+    draws['accuracy'].append((called == truth).mean())
+  tail = (1.0 - confidence) / 2.0
+  summary = {}
+  for key, values in draws.items():
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    summary[key] = {'mean': float(np.mean(values)), 'low': float(low), 'high': float(high)}
+  summary.update(per_class=int(per_class), rule=rule, repeats=int(repeats),
+                 num_evaluated=int(len(scores) - 2 * per_class))
+  return summary
+
+
 # ---- Tables -----------------------------------------------------------------------------
 
 

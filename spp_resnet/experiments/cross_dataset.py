@@ -27,6 +27,10 @@ and device. A test set with a single class (figshare: all tumor) has no ROC AUC,
 specificity (no negatives) or sensitivity (no positives): 'n/a'. A cell that fails (e.g.
 classes that cannot be mapped) reads 'error', its message is listed, and the command
 exits with status 1 after writing the report.
+
+--refit_threshold=N adds, for every cell with both classes, what the model gives with
+its threshold refitted on N labelled images per class of that test set (evaluate_external
+--refit_threshold: mean and spread over random draws, measured on the other images).
 """
 
 from __future__ import annotations
@@ -198,7 +202,7 @@ def _threshold_text(run: dict) -> str:
 # The matrix.
 
 def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: str, *,
-                 data_dir: str = '', batch_size: int = 0,
+                 data_dir: str = '', batch_size: int = 0, refit_threshold: int = 0,
                  argv: list[str] | None = None) -> dict:
   """Evaluates every run on every dataset it was not trained on; writes the report.
 
@@ -208,6 +212,8 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
     out: output folder; cells go to OUT/<run>/<dataset>/.
     data_dir: TFDS data_dir for the datasets' prepared copies ('' = each run's).
     batch_size: evaluation batch size (0 = each run's).
+    refit_threshold: also refit each threshold on this many images per class of each
+      test set (0 = no); see evaluate_external.
     argv: the command line, for the report (default sys.argv).
 
   Returns:
@@ -244,12 +250,13 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
       cell_argv += [f'--manual_dir={spec.manual_dir}'] if spec.manual_dir else []
       cell_argv += [f'--data_dir={data_dir}'] if data_dir else []
       cell_argv += [f'--batch_size={batch_size}'] if batch_size else []
+      cell_argv += [f'--refit_threshold={refit_threshold}'] if refit_threshold else []
       cell_argv += [f'--out={cell_out}']
       t0 = time.perf_counter()
       try:
         summary = ext.evaluate_external(
             workdir, spec.dataset, manual_dir=spec.manual_dir, data_dir=data_dir,
-            out=cell_out, batch_size=batch_size,
+            out=cell_out, batch_size=batch_size, refit_threshold=refit_threshold,
             argv=[cell_argv[0]] + [shlex.quote(a) for a in cell_argv[1:]])
       except (class_mapping.MappingError, FileNotFoundError, ValueError, RuntimeError) as e:
         logging.exception('%s on %s failed.', run, name)
@@ -264,6 +271,8 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
           'class_counts': summary.get('class_counts'),
           'class_mapping': summary.get('class_mapping'), 'step': summary.get('step'),
           'out': os.path.abspath(cell_out), 'wall_s': time.perf_counter() - t0}
+      if 'refit_threshold' in summary:
+        cells[run][name]['refit_threshold'] = summary['refit_threshold']
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
                            step=summary.get('step'))
 
@@ -345,6 +354,7 @@ def format_report(result: dict) -> str:
     rows = [[run, _threshold_text(runs[run])] + [_cell_text(cells[run][n], key)
                                                    for n in names] for run in runs]
     lines += [metrics_lib.markdown_table(['train \\ test', 'threshold'] + names, rows), '']
+  lines += _refit_section(result)
   lines += ['## Run time per cell (s)', '',
             'Restoring the checkpoint, preprocessing the test set and evaluating.', '']
   rows = [[run] + [f'{cells[run][n]["wall_s"]:.1f}' if 'wall_s' in cells[run][n]
@@ -359,6 +369,34 @@ def format_report(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def _refit_section(result: dict) -> list[str]:
+  """Sensitivity / specificity at thresholds refitted on each test set, if measured."""
+  cells = result['cells']
+  done = [c['refit_threshold'] for row in cells.values() for c in row.values()
+          if 'skipped' not in c.get('refit_threshold', {'skipped': ''})]
+  if not done:
+    return []
+  per_class, repeats = done[0]['per_class'], done[0]['repeats']
+
+  def text(cell: dict) -> str:
+    refit = cell.get('refit_threshold')
+    if refit is None:
+      return cell['status']
+    if 'skipped' in refit:
+      return NA
+    return ' / '.join(f'{refit[k]["mean"]:.3f} [{refit[k]["low"]:.3f}, {refit[k]["high"]:.3f}]'
+                      for k in ('sensitivity', 'specificity'))
+
+  names = list(result['datasets'])
+  rows = [[run] + [text(cells[run][n]) for n in names] for run in result['runs']]
+  return [f'## Sensitivity / specificity, threshold refitted on {per_class} images per class '
+          'of the test set', '',
+          f'The model unchanged, its threshold refitted on {per_class} labelled images per '
+          f'class drawn from the test set and measured on its other images; mean and the '
+          f'central 95% of {repeats} draws. "{NA}": a test set with one class.', '',
+          metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
+
+
 # ---------------------------------------------------------------------------------------
 # Command line.
 
@@ -370,6 +408,8 @@ def _define_flags():
   flags.DEFINE_string('data_dir', '', "TFDS data_dir for the test sets (default: each run's "
                       'data.data_dir).')
   flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: each run's).")
+  flags.DEFINE_integer('refit_threshold', 0, 'Also refit each threshold on this many '
+                       'labelled images per class of each test set (0 = no).')
   flags.mark_flags_as_required(['out'])
 
 
@@ -380,9 +420,12 @@ def main(argv):
     runs, datasets = parse_runs(FLAGS.runs), parse_datasets(FLAGS.datasets)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if FLAGS.refit_threshold < 0:
+    raise app.UsageError('--refit_threshold must be >= 0.')
   with cli.exit_on_user_error():
     result = build_matrix(runs, datasets, FLAGS.out, data_dir=FLAGS.data_dir,
-                          batch_size=FLAGS.batch_size, argv=sys.argv)
+                          batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
+                          argv=sys.argv)
   print(format_report(result))
   print(f'Written to {os.path.join(FLAGS.out, "cross_dataset.md")} and .json')
   failed = sum(c['status'] == ERROR for r in result['cells'].values() for c in r.values())

@@ -22,6 +22,13 @@ Writes to --out (default TRAINED_RUN/external/<dataset>): metrics.md (the metric
 per class and confusion matrix, with the checkpoint, the mapping and the class counts),
 metrics.json, predictions.csv (file, true and predicted class, probabilities), roc.png
 (binary; one vs rest for more classes), confusion.png, confusion_normalized.png.
+
+A threshold fitted on the training source often does not carry over to another scanner
+or hospital (docs/results.md). --refit_threshold=N measures what refitting it on N
+labelled images per class of THIS dataset gives: over --refit_repeats random draws of
+the N + N images, the threshold is fitted on them (the run's rule; Youden's J for a run
+with a fixed threshold) and the model measured on all the other images. The report adds
+the mean and the spread over the draws; the saved threshold and the run are unchanged.
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ FLAGS = flags.FLAGS
 def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_dir: str = '',
                       out: str = '', class_map: dict[str, str] | None = None,
                       ignore_classes: list[str] | None = None, step: int | None = None,
-                      batch_size: int = 0, argv: list[str] | None = None) -> dict:
+                      batch_size: int = 0, refit_threshold: int = 0, refit_repeats: int = 20,
+                      argv: list[str] | None = None) -> dict:
   """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`."""
   import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor below)
   from spp_resnet.data import batching, preprocess, sources  # pylint: disable=g-import-not-at-top
@@ -90,6 +98,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   result = train.metrics_from_probs(probs, in_order, model_classes, restored.threshold)
   result.step = step = restored.step
   normalization = restored.normalization
+  refit = _refit(result, config, refit_threshold, refit_repeats) if refit_threshold else None
   # Created only now: a mapping error or a missing checkpoint leaves no empty folder.
   slug = re.sub(r'[^A-Za-z0-9]+', '_', f'{dataset}_{os.path.basename(os.path.normpath(manual_dir))}'
                 if manual_dir else dataset).strip('_')
@@ -119,8 +128,9 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'{counts}', f'- Class mapping (theirs -> model): {mapped}',
       f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
   ]
+  refit_text = _refit_text(refit) if refit else ''
   with open(os.path.join(out, 'metrics.md'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(header) + result.table() + '\n')
+    f.write('\n'.join(header) + result.table() + '\n' + refit_text)
   intervals = {}
   if num_classes == 2:  # 95% intervals over the images (one model, one dataset)
     intervals = {k: [ci.low, ci.high] for k, ci in metrics_lib.binary_intervals(
@@ -133,6 +143,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
              'metrics': result.metrics, 'intervals': intervals,
              'confusion': np.asarray(result.confusion).tolist(),
              'command': command, 'date': now, 'device': device, 'wall_s': wall}
+  if refit:
+    summary['refit_threshold'] = refit
   with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=1, allow_nan=True)
   filenames = np.asarray(pooled.metadata.get('filename', np.arange(len(ext_labels))))[keep]
@@ -164,9 +176,41 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   plots.plot_confusion(result.confusion, model_classes,
                        os.path.join(out, 'confusion_normalized.png'), normalize=True,
                        title=f'{dataset}: row-normalized')
-  print('\n'.join(header) + result.table())
+  print('\n'.join(header) + result.table() + ('\n' + refit_text if refit else ''))
   print(f'\nWritten to {out}')
   return summary
+
+
+def _refit(result, config, per_class: int, repeats: int) -> dict:
+  """`metrics.refit_threshold` on this dataset, or {'skipped': why} where it cannot be."""
+  if result.probs.shape[1] != 2:
+    return {'skipped': 'a multi-class model has no threshold'}
+  selection = config.get('selection', {})
+  rule = selection.get('threshold', 'fixed')
+  rule = rule if rule in ('youden', 'sensitivity') else 'youden'
+  try:
+    return metrics_lib.refit_threshold(
+        result.probs[:, 1], result.labels, per_class, rule, repeats=repeats,
+        target_sensitivity=float(selection.get('target_sensitivity', 0.9)))
+  except ValueError as e:  # e.g. a single-class dataset
+    logging.warning('Threshold not refitted: %s', e)
+    return {'skipped': str(e)}
+
+
+def _refit_text(refit: dict) -> str:
+  if 'skipped' in refit:
+    return f'\nThreshold not refitted on this dataset: {refit["skipped"]}\n'
+  n = refit['per_class']
+  rows = [[key, f'{v["mean"]:.4f}', f'[{v["low"]:.4f}, {v["high"]:.4f}]']
+          for key, v in ((k, refit[k]) for k in ('threshold', 'sensitivity', 'specificity',
+                                                  'accuracy'))]
+  return '\n'.join([
+      '', f'## Threshold refitted on {n} labelled images per class of this dataset', '',
+      f'{refit["repeats"]} random draws of {n} images per class; each time the threshold '
+      f'is fitted on them ({refit["rule"]}) and the model measured on the other '
+      f'{refit["num_evaluated"]} images. Mean over the draws and the central 95% of the '
+      'draws (how much it depends on which images were labelled).', '',
+      metrics_lib.markdown_table(['', 'mean', 'central 95% of draws'], rows), ''])
 
 
 def _threshold_text(threshold, config) -> str:
@@ -198,18 +242,25 @@ def _define_flags():
   flags.DEFINE_list('ignore_classes', [], 'Their classes whose images are left out.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: the run's).")
+  flags.DEFINE_integer('refit_threshold', 0, 'Also measure the model with its threshold '
+                       'refitted on this many labelled images per class of this dataset '
+                       '(0 = no).')
+  flags.DEFINE_integer('refit_repeats', 20, 'Random draws of those images.')
   flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.refit_threshold < 0 or FLAGS.refit_repeats < 1:
+    raise app.UsageError('--refit_threshold must be >= 0 and --refit_repeats >= 1.')
   with cli.exit_on_user_error(MappingError):
     evaluate_external(FLAGS.workdir, FLAGS.dataset, manual_dir=FLAGS.manual_dir,
                       data_dir=FLAGS.data_dir, out=FLAGS.out,
                       class_map=_parse_map(FLAGS.class_map),
                       ignore_classes=FLAGS.ignore_classes, step=FLAGS.step,
-                      batch_size=FLAGS.batch_size, argv=sys.argv)
+                      batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
+                      refit_repeats=FLAGS.refit_repeats, argv=sys.argv)
 
 
 def run():
