@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   augment.vflip = True
   # Beyond the paper (all off here): one random affine per image (crop area fraction,
   # aspect ratio, rotation in degrees, shift as a fraction of the size) and intensity
-  # jitter (brightness, contrast, gamma, noise, blur), see data/augment.py.
+  # jitter (brightness, contrast, gamma, noise, blur, a random tissue-contrast curve),
+  # see data/augment.py.
   augment.crop_scale = (1.0, 1.0)
   augment.aspect_ratio = (1.0, 1.0)
   augment.rotate_degrees = 0.0
@@ -82,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   augment.gamma = (1.0, 1.0)
   augment.noise_std = 0.0
   augment.blur = 0.0
+  augment.remap = 0.0  # max weight of a random tissue-contrast curve (0 = off, 1 = full)
 
   # ---- Model -------------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

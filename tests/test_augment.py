@@ -201,6 +201,37 @@ def test_all_ops_range_independence_determinism_and_one_compilation():
   assert fn._cache_size() == 1  # one compilation per batch shape, whatever the key
 
 
+def test_remap_curve_is_piecewise_linear_through_the_drawn_knots():
+  rng = np.random.default_rng(1)
+  draws = rng.random((4, 5)).astype(np.float32)  # 4 knot heights, then the weight
+  x = rng.random((4, 8, 8, 1)).astype(np.float32)
+  x[:, 0, 0] = 0.0
+  out = np.asarray(augment.remap_curve(x, draws))
+  for i in range(4):
+    curve = np.interp(x[i], [0, 0.25, 0.5, 0.75, 1], [0, *draws[i, :4]])
+    np.testing.assert_allclose(out[i], x[i] + draws[i, 4] * (curve - x[i]), atol=1e-6)
+  np.testing.assert_array_equal(out[:, 0, 0], 0.0)  # black stays black
+  # Weight 0 is the identity; weight 1 may reverse the order of two intensities.
+  np.testing.assert_allclose(augment.remap_curve(x, draws * [1, 1, 1, 1, 0]), x)
+  reversing = np.asarray([[0.9, 0.1, 0.5, 0.5, 1.0]], np.float32)
+  low, high = np.asarray(augment.remap_curve(np.asarray([0.25, 0.5], np.float32)
+                                             .reshape(1, 1, 2, 1), reversing)).ravel()
+  assert low == pytest.approx(0.9) and high == pytest.approx(0.1)
+
+
+def test_remap_keeps_the_other_ops_draws_and_the_range():
+  x = _images(batch=6, size=16)
+  x[:, :4] = 0
+  base = dict(NO_D4, crop_scale=(0.7, 1.0), contrast=0.3, noise_std=0.05)
+  # Weight ~0: the same output as with the op off (its draws come from their own key).
+  np.testing.assert_allclose(_run(x, 2, **base, remap=1e-9), _run(x, 2, **base), atol=1e-6)
+  out = _run(x, 2, rot90=False, hflip=False, vflip=False, remap=1.0)
+  assert out.min() >= 0 and out.max() <= 1
+  np.testing.assert_array_equal(out[:, :4], 0.0)  # the black background stays black
+  changed = np.abs(out - x / 255).reshape(6, -1).max(axis=1)
+  assert np.all(changed > 0.01) and np.ptp(changed) > 0.01  # a different curve each
+
+
 def test_channels_and_non_square_images():
   wide = np.broadcast_to(np.asarray([255, 128, 0], np.uint8), (2, 6, 10, 3))
   out = _run(wide, 0, rot90=False, crop_scale=(0.5, 0.9), gamma=(1.0, 1.01))
@@ -221,6 +252,7 @@ def test_spec_from_config_and_validation():
       rot90=False, crop_scale=(0.6, 1.0), gamma=(0.7, 1.4), noise_std=0.01)))
   for bad in (dict(crop_scale=(0.0, 1.0)), dict(crop_scale=(0.8, 1.2)),
               dict(crop_scale=(0.9, 0.6)), dict(gamma=(0.0, 1.0)), dict(contrast=1.0),
-              dict(rotate_degrees=-1.0), dict(blur=2.0), dict(aspect_ratio=(0.0, 1.0))):
+              dict(rotate_degrees=-1.0), dict(blur=2.0), dict(aspect_ratio=(0.0, 1.0)),
+              dict(remap=1.5), dict(remap=-0.1)):
     with pytest.raises(ValueError):
       augment.AugmentSpec(**bad)

@@ -19,11 +19,23 @@ Stronger, lossy ops (all off by default; for generalization across scanners/site
              uniform inside the image), rotation uniform in +-`rotate_degrees` and
              translation uniform in +-`translate` of W and H, about the image centre.
   intensity  on the [0, 1] range, in this order: a 3x3 binomial blur mixed in with a
-             weight uniform in [0, `blur`]; contrast (scale by U[1-c, 1+c] around the
+             weight uniform in [0, `blur`]; a random tissue-contrast curve mixed in with
+             a weight uniform in [0, `remap`] (below); contrast (scale by U[1-c, 1+c] around the
              mean m of the source image); brightness (add U[-b, b]); clip; gamma
              (x ** g, g log-uniform in `gamma`; g > 1 darkens mid-tones); gaussian noise
              with a per-example std uniform in [0, `noise_std`]; clip to [0, 1]. Before
              the clips, an image's mean moves from m to m + b and its spread scales by c.
+The tissue-contrast curve (`remap`) is for generalizing from one MRI source to another:
+the same anatomy has a different intensity order in T1, T1-contrast, T2 and FLAIR, and
+across scanners. Per example, a piecewise-linear curve through (0, 0) and `_REMAP_KNOTS`
+knots at x = 1/K, ..., 1 with heights uniform in [0, 1] (not sorted: it may swap which
+tissue is brighter), mixed with the identity, x + w (curve(x) - x). Black stays black (the
+background, the zero padding); a model can then no longer rely on absolute or relative
+tissue brightness and must use shape and texture. It is the random-intensity-transform
+family of single-source domain generalization for medical images (Bezier-curve remapping
+in Models Genesis, Zhou et al. 2019; GIN, Ouyang et al. 2021), here as one cheap
+pointwise op. Its draws come from their own key, so turning it on leaves every other
+op's draws unchanged.
 The geometric ops and the D4 symmetry of an example are composed into ONE 2x2 matrix and
 offset that map output pixel centres to source positions, so each image is resampled
 exactly once: bilinear, zero outside the image (MRI background is black). The resampler
@@ -62,6 +74,8 @@ import numpy as np
 
 # Folded into `rng` for the non-D4 ops; far from the small counters that `split` uses.
 _AUX_SALT = 0x61756721
+_REMAP_SALT = 0x72656d70  # the tissue-contrast curve's own draws
+_REMAP_KNOTS = 4  # knots of the curve besides (0, 0), evenly spaced in (0, 1]
 # All per-example parameters come from one uniform draw [B, _NUM_PARAMS] (one threefry
 # call: much less to compile than one call each), one column per parameter by fixed
 # index, so switching one op on or off leaves the draws of the others unchanged.
@@ -130,6 +144,7 @@ class AugmentSpec:
   gamma: tuple[float, float] = (1.0, 1.0)  # log-uniform exponent, e.g. (0.7, 1.4)
   noise_std: float = 0.0       # per-example std uniform in [0, s] (of [0, 1]), e.g. 0.03
   blur: float = 0.0            # max weight of a 3x3 binomial blur, in [0, 1], e.g. 0.5
+  remap: float = 0.0           # max weight of a random tissue-contrast curve, in [0, 1]
 
   def __post_init__(self):
     for name in ('rot90', 'hflip', 'vflip'):
@@ -137,7 +152,7 @@ class AugmentSpec:
     for name in ('crop_scale', 'aspect_ratio', 'gamma'):
       object.__setattr__(self, name, _pair(getattr(self, name), name))
     for name in ('rotate_degrees', 'translate', 'brightness', 'contrast', 'noise_std',
-                 'blur'):
+                 'blur', 'remap'):
       value = float(getattr(self, name))
       if not value >= 0:
         raise ValueError(f'augment.{name} must be >= 0, got {value}.')
@@ -153,6 +168,8 @@ class AugmentSpec:
       raise ValueError(f'augment.contrast must be < 1 (factor 1 +- c), got {self.contrast}.')
     if self.blur > 1:
       raise ValueError(f'augment.blur is a mixing weight in [0, 1], got {self.blur}.')
+    if self.remap > 1:
+      raise ValueError(f'augment.remap is a mixing weight in [0, 1], got {self.remap}.')
 
   @classmethod
   def from_config(cls, cfg: Any) -> 'AugmentSpec':
@@ -168,7 +185,7 @@ class AugmentSpec:
   @property
   def intensity(self) -> bool:
     return (self.brightness > 0 or self.contrast > 0 or self.gamma != (1.0, 1.0)
-            or self.noise_std > 0 or self.blur > 0)
+            or self.noise_std > 0 or self.blur > 0 or self.remap > 0)
 
   @property
   def dihedral(self) -> bool:
@@ -185,7 +202,7 @@ def augment_batch(images: jax.Array, rng: jax.Array, *, rot90: bool = True,
                   rotate_degrees: float = 0.0, translate: float = 0.0,
                   brightness: float = 0.0, contrast: float = 0.0,
                   gamma: tuple[float, float] = (1.0, 1.0), noise_std: float = 0.0,
-                  blur: float = 0.0) -> jax.Array:
+                  blur: float = 0.0, remap: float = 0.0) -> jax.Array:
   """Random per-example augmentation of images [B,H,W,C]; see the module docstring.
 
   Only D4 on (the default): same shape and dtype out (works on uint8 before
@@ -197,7 +214,7 @@ def augment_batch(images: jax.Array, rng: jax.Array, *, rot90: bool = True,
   spec = AugmentSpec(rot90=rot90, hflip=hflip, vflip=vflip, crop_scale=crop_scale,
                      aspect_ratio=aspect_ratio, rotate_degrees=rotate_degrees,
                      translate=translate, brightness=brightness, contrast=contrast,
-                     gamma=gamma, noise_std=noise_std, blur=blur)
+                     gamma=gamma, noise_std=noise_std, blur=blur, remap=remap)
   return _augment(images, rng, spec)
 
 
@@ -241,7 +258,8 @@ def _augment(images: jax.Array, rng: jax.Array, spec: AugmentSpec) -> jax.Array:
     x = resample(x, matrix, offset)
   x = x.astype(jnp.float32) * scale
   if spec.intensity:
-    x = _intensity(x, mean, params, noise_key, spec)
+    x = _intensity(x, mean, params, noise_key, spec,
+                   jax.random.fold_in(rng, _REMAP_SALT) if spec.remap > 0 else None)
   return x
 
 
@@ -370,10 +388,15 @@ def _bilinear(image: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
 # ---- Intensity -----------------------------------------------------------------------
 
 def _intensity(x: jax.Array, mean: jax.Array | None, params: _Params,
-               noise_key: jax.Array, spec: AugmentSpec) -> jax.Array:
+               noise_key: jax.Array, spec: AugmentSpec,
+               remap_key: jax.Array | None) -> jax.Array:
   """The pointwise intensity ops on float32 [B,H,W,C] in [0, 1]; output in [0, 1]."""
   def uniform(index, lo, hi):
     return params.between(index, lo, hi)[:, None, None, None]
+
+  if remap_key is not None:  # first: a change of tissue contrast, then the scanner's
+    draws = jax.random.uniform(remap_key, (x.shape[0], _REMAP_KNOTS + 1), jnp.float32)
+    x = remap_curve(x, draws.at[:, _REMAP_KNOTS].multiply(spec.remap))
 
   if spec.contrast > 0:
     x = mean + uniform(_P_CONTRAST, 1 - spec.contrast, 1 + spec.contrast) * (x - mean)
@@ -387,6 +410,21 @@ def _intensity(x: jax.Array, mean: jax.Array | None, params: _Params,
     std = uniform(_P_NOISE_STD, 0.0, spec.noise_std)
     x = jnp.clip(x + std * jax.random.normal(noise_key, x.shape, jnp.float32), 0, 1)
   return x
+
+
+def remap_curve(x: jax.Array, draws: jax.Array) -> jax.Array:
+  """x [B,H,W,C] in [0, 1] -> w (curve(x) - x) + x with draws [B, K + 1] uniform in [0, 1):
+  columns 0..K-1 the heights of the curve's knots at 1/K, ..., 1 (through (0, 0)),
+  column K the weight w (the caller scales it to [0, remap]).
+
+  Piecewise linear as a sum of hat functions: K + 1 fused elementwise terms, no gather.
+  """
+  knots = draws.shape[1] - 1
+  heights = draws[:, :knots, None, None, None]
+  t = x * knots  # knot j sits at t = j + 1
+  curve = sum(heights[:, j] * jnp.maximum(0.0, 1.0 - jnp.abs(t - (j + 1)))
+              for j in range(knots))
+  return x + draws[:, knots, None, None, None] * (curve - x)
 
 
 def _binomial_blur(x: jax.Array) -> jax.Array:
