@@ -123,7 +123,7 @@ runs=$(for n in $(cat "$OUT/finished.txt" 2>/dev/null); do
   [ -f "$RUNS/$n/config.json" ] && printf '%s=%s,' "$n" "$RUNS/$n"; done)
 STAGE_DEADLINE=$deadline stage cross 300 python3 -m spp_resnet.experiments.cross_dataset --runs="${runs%,}" \
   --datasets="bhuvaji=brain_tumor_mri/binary:$D/sartaj,bohaju=brain_tumor:$D/bohaju,figshare=image_folder:$D/figshare_jpg" \
-  --out=$RUNS/cross_dataset
+  --refit_threshold=10 --out=$RUNS/cross_dataset
 
 # 6. The paper's sweeps (Figs 7-9), reduced, if time is left: ResNet-18 at 128 px on the
 # Bohaju sample.
