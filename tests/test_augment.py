@@ -219,6 +219,7 @@ def test_remap_curve_is_piecewise_linear_through_the_drawn_knots():
   assert low == pytest.approx(0.9) and high == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_remap_keeps_the_other_ops_draws_and_the_range():
   x = _images(batch=6, size=16)
   x[:, :4] = 0
