@@ -19,9 +19,9 @@ Stronger, lossy ops (all off by default; for generalization across scanners/site
              uniform inside the image), rotation uniform in +-`rotate_degrees` and
              translation uniform in +-`translate` of W and H, about the image centre.
   intensity  on the [0, 1] range, in this order: a 3x3 binomial blur mixed in with a
-             weight uniform in [0, `blur`]; a random tissue-contrast curve mixed in with
-             a weight uniform in [0, `remap`] (below); contrast (scale by U[1-c, 1+c] around the
-             mean m of the source image); brightness (add U[-b, b]); clip; gamma
+             weight uniform in [0, `blur`]; a random tissue-contrast curve mixed in
+             with a weight uniform in [0, `remap`] (below); contrast (scale by
+             U[1-c, 1+c] around the mean m of the source image); brightness (add U[-b, b]); clip; gamma
              (x ** g, g log-uniform in `gamma`; g > 1 darkens mid-tones); gaussian noise
              with a per-example std uniform in [0, `noise_std`]; clip to [0, 1]. Before
              the clips, an image's mean moves from m to m + b and its spread scales by c.
