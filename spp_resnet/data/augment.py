@@ -21,10 +21,11 @@ Stronger, lossy ops (all off by default; for generalization across scanners/site
   intensity  on the [0, 1] range, in this order: a 3x3 binomial blur mixed in with a
              weight uniform in [0, `blur`]; a random tissue-contrast curve mixed in
              with a weight uniform in [0, `remap`] (below); contrast (scale by
-             U[1-c, 1+c] around the mean m of the source image); brightness (add U[-b, b]); clip; gamma
-             (x ** g, g log-uniform in `gamma`; g > 1 darkens mid-tones); gaussian noise
-             with a per-example std uniform in [0, `noise_std`]; clip to [0, 1]. Before
-             the clips, an image's mean moves from m to m + b and its spread scales by c.
+             U[1-c, 1+c] around the mean m of the source image); brightness (add
+             U[-b, b]); clip; gamma (x ** g, g log-uniform in `gamma`; g > 1 darkens
+             mid-tones); gaussian noise with a per-example std uniform in [0,
+             `noise_std`]; clip to [0, 1]. Before the clips, an image's mean moves from
+             m to m + b and its spread scales by c.
 The tissue-contrast curve (`remap`) is for generalizing from one MRI source to another:
 the same anatomy has a different intensity order in T1, T1-contrast, T2 and FLAIR, and
 across scanners. Per example, a piecewise-linear curve through (0, 0) and `_REMAP_KNOTS`
