@@ -51,6 +51,7 @@ LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap
 # Not levers of the recipe ablation: `ssl` needs an SSL run (--config.pretrained.path);
 # `plain` turns off everything the recipe adds but the crop (see the docstring).
 OPTIONS = (*LEVERS, 'ssl', 'plain')
+PLAIN = ('paper_augment', 'no_label_smoothing', 'no_class_weights')  # turned off by `plain`
 
 
 def get_config(levers: str = ''):
@@ -100,7 +101,8 @@ def get_config(levers: str = ''):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
 
-  for lever in filter(None, (x.strip() for x in levers.split(','))):
+  names = [x.strip() for x in levers.split(',') if x.strip()]
+  for lever in [n for name in names for n in ((*PLAIN, name) if name == 'plain' else (name,))]:
     if lever not in OPTIONS:
       raise ValueError(f'configs/scratch.py: unknown lever {lever!r}; one of {OPTIONS}')
     if lever == 'paper_augment':
@@ -123,12 +125,7 @@ def get_config(levers: str = ''):
       config.pretrained.source = 'ssl'
     elif lever == 'no_crop':
       data.crop_foreground = False
-    elif lever == 'plain':
-      aug.crop_scale = aug.aspect_ratio = aug.gamma = (1.0, 1.0)
-      aug.rotate_degrees = aug.translate = aug.brightness = aug.contrast = 0.0
-      aug.noise_std = 0.0
-      config.loss.label_smoothing = 0.0
-      config.loss.class_weights = 'none'
+    elif lever == 'plain':  # after the PLAIN levers
       opt.weight_decay = 0.0
       model.head_hidden = (128, 128)
     elif lever == 'resnet50':

@@ -184,7 +184,9 @@ def test_matrix(tmp_path):
   assert 'skipped' in cells['phantom']['tumor_only']['refit_threshold']
   section = md.split('threshold refitted on 2 images per class')[1].split('##')[0]
   row = next(l for l in section.splitlines() if l.startswith('| phantom'))
-  assert [c.strip() for c in row.strip('|').split('|')][1::2] == ['trained on', 'n/a']
+  assert [c.strip() for c in row.strip('|').split('|')][1:] == ['trained on', ' / '.join(
+      f'{refit[k]["mean"]:.3f} [{refit[k]["low"]:.3f}, {refit[k]["high"]:.3f}]'
+      for k in ('sensitivity', 'specificity')), 'n/a']
   low, high = both_cell['intervals']['roc_auc']  # 95% bootstrap interval over images
   assert low <= both_cell['metrics']['roc_auc'] <= high
   assert cols[2:] == ['trained on',

@@ -373,7 +373,7 @@ def _refit_section(result: dict) -> list[str]:
   """Sensitivity / specificity at thresholds refitted on each test set, if measured."""
   cells = result['cells']
   done = [c['refit_threshold'] for row in cells.values() for c in row.values()
-          if 'skipped' not in c.get('refit_threshold', {'skipped': ''})]
+          if 'refit_threshold' in c and 'skipped' not in c['refit_threshold']]
   if not done:
     return []
   per_class, repeats = done[0]['per_class'], done[0]['repeats']
