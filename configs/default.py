@@ -21,6 +21,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # > 1: train this many runs with seeds seed, seed + 1, ... (same data split) and use
+  # the mean of their probabilities as the model (training/ensemble.py). Not the paper's.
+  config.ensemble_size = 1
 
   # ---- Data --------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()

@@ -84,6 +84,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, 'must be >= 1', config[field])
   _require(isinstance(config.seed, int) and 0 <= config.seed < 2**31, 'seed',
            'must be an integer in [0, 2**31)', config.seed)
+  ensemble_size = config.get('ensemble_size', 1)
+  _require(isinstance(ensemble_size, int) and 1 <= ensemble_size <= 64, 'ensemble_size',
+           'must be an integer in [1, 64]', ensemble_size)
+  _require(config.seed + ensemble_size <= 2**31, 'seed',
+           f'+ ensemble_size ({ensemble_size}) must stay below 2**31', config.seed)
   profile = tuple(config.get('profile_steps', (0, 0)))
   _require(len(profile) == 2 and all(isinstance(x, int) for x in profile) and (
       profile == (0, 0) or 1 <= profile[0] <= profile[1]), 'profile_steps',

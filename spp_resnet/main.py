@@ -50,7 +50,8 @@ def main(argv):
       overrides = cli.config_overrides(sys.argv, config) if config is not None else {}
       result = restore.evaluate_checkpoint(workdir, flags.FLAGS.eval_split,
                                            step=flags.FLAGS.step, overrides=overrides)
-      title = f'Checkpoint step {result.step} on {flags.FLAGS.eval_split}'
+      what = 'Ensemble' if result.step is None else f'Checkpoint step {result.step}'
+      title = f'{what} on {flags.FLAGS.eval_split}'
   if jax.process_index() == 0:
     print(f'\n{title}\n{result.table()}')
 

@@ -274,7 +274,7 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
       if 'refit_threshold' in summary:
         cells[run][name]['refit_threshold'] = summary['refit_threshold']
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
-                           step=summary.get('step'))
+                           step=summary.get('step'), model=summary.get('model'))
 
   argv = list(sys.argv if argv is None else argv)
   result = {
@@ -335,10 +335,10 @@ def format_report(result: dict) -> str:
   for name, r in runs.items():
     trained = ' + '.join(t['dataset'] + (f' ({t["manual_dir"]})' if t['manual_dir'] else '')
                          for t in r['trained_on'])
-    step = '' if r['step'] is None else str(r['step'])
-    rows.append([name, f'`{r["workdir"]}`', trained, r['split'], step, _threshold_text(r)])
+    model = r.get('model') or ('' if r['step'] is None else f'step {r["step"]}')
+    rows.append([name, f'`{r["workdir"]}`', trained, r['split'], model, _threshold_text(r)])
   lines += [metrics_lib.markdown_table(
-      ['run', 'workdir', 'trained on', 'split', 'step', 'threshold'], rows), '']
+      ['run', 'workdir', 'trained on', 'split', 'model', 'threshold'], rows), '']
   lines += ['## Test sets', '']
   rows = []
   for name, d in datasets.items():

@@ -118,7 +118,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'# {os.path.normpath(workdir)} on {dataset}'
       + (f' ({manual_dir})' if manual_dir else ''), '',
       f'- Command: `{command}`',
-      f'- Checkpoint: step {step} of `{os.path.normpath(workdir)}` (trained on '
+      f'- Model: {restored.description} of `{os.path.normpath(workdir)}` (trained on '
       f'`{config.data.dataset}`, split `{config.data.split.protocol}`, model '
       f'{config.model.backbone} {config.model.variant}, pooling {config.model.pooling}, '
       f'weights {config.pretrained.source or "random init"}), image size '
@@ -137,7 +137,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
         result.confusion, result.probs[:, 1], result.labels).items()
                  if not math.isnan(ci.low)}  # undefined on a one-class dataset
   summary = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'manual_dir': manual_dir,
-             'step': step, 'num_images': int(len(keep)), 'class_counts': counts,
+             'step': step, 'model': restored.description, 'num_images': int(len(keep)),
+             'class_counts': counts,
              'class_mapping': mapped, 'model_classes': list(model_classes),
              'threshold': result.threshold,
              'metrics': result.metrics, 'intervals': intervals,

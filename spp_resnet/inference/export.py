@@ -55,7 +55,7 @@ def images_spec(image_size: int) -> jax.ShapeDtypeStruct:
 
 def probs_function(restored) -> Callable[[jax.Array], jax.Array]:
   """uint8 images [B, S, S, 1] -> probabilities [B, K], the weights as constants."""
-  probs = train_lib.probs_fn(restored.graphdef, restored.normalization)
+  probs = train_lib.probs_fn(restored.graphdef, restored.normalization, restored.members)
   weights = jax.device_get(restored.weights)  # host copies: one device, no sharding
   return lambda images: probs(weights, {'image': images})
 
@@ -64,7 +64,8 @@ def describe(restored, model_format: str) -> dict:
   """What a user of the model file needs besides it (OUT.json)."""
   return {
       'format': model_format, 'workdir': os.path.abspath(restored.workdir),
-      'step': restored.step, 'class_names': restored.class_names,
+      'step': restored.step, 'model': restored.description,
+      'class_names': restored.class_names,
       'threshold': restored.threshold,
       'decision': (f'P({restored.class_names[1]}) >= threshold' if restored.threshold
                    is not None else 'argmax'),

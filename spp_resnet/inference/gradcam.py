@@ -54,7 +54,8 @@ def gradcam_maps(model: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 class GradCAM:
-  """Grad-CAM of a restored run (`spp_resnet.training.restore.RestoredModel`).
+  """Grad-CAM of a restored run (`spp_resnet.training.restore.RestoredModel`); of an
+  ensemble, the mean of its members' maps (each scaled to peak 1 first, then the mean).
 
     cam = GradCAM(restored)
     probs, maps = cam(images)   # uint8 [B, S, S, 1] -> [B, K], [B, K, h, w]
@@ -69,6 +70,15 @@ class GradCAM:
     def fn(weights, images):
       model = nnx.merge(graphdef, *weights.values())
       return gradcam_maps(model, preprocess.to_model_input(images, normalization))
+
+    if restored.members > 1:  # an ensemble: the mean of its members' probs and maps
+      member_fn = fn
+
+      def fn(weights, images):
+        probs, maps = jax.vmap(member_fn, in_axes=(0, None))(weights, images)
+        maps = maps.mean(0)
+        peak = maps.max(axis=(2, 3), keepdims=True)
+        return probs.mean(0), maps / jnp.where(peak > 0, peak, 1.0)
 
     self._fn = jax.jit(fn, out_shardings=parallel.replicated(restored.mesh))
 

@@ -197,7 +197,8 @@ class Predictor:
       inputs = [inputs]
     inputs = list(inputs)
     report = Report(self.class_names, self.restored.threshold, [], [], run={
-        'workdir': self.restored.workdir, 'step': self.restored.step})
+        'workdir': self.restored.workdir, 'step': self.restored.step,
+        'model': self.restored.description})
     cam_target = None
     if cam_class:
       if cam_class not in self.class_names:

@@ -5,7 +5,9 @@ One restore path for everything that applies a trained model (`--mode=eval`,
 preprocessing, class names and decision threshold come from the run's own
 WORKDIR/config.json, class_names.json and selection.json, and the weights from its
 checkpoint, restored into abstract targets (`nnx.eval_shape`): no weight is drawn or
-read from an ImageNet file only to be overwritten.
+read from an ImageNet file only to be overwritten. An ensemble run (WORKDIR/ensemble.json,
+`training/ensemble.py`) restores its members' weights stacked on a leading axis, and its
+probabilities are the mean of theirs.
 
   restored = restore_for_inference('runs/scratch')
   probs = restored.probs(np.stack([restored.prepare(image) for image in images]))
@@ -20,6 +22,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -35,6 +38,9 @@ from spp_resnet.training.optimizer import create_optimizer
 
 CONFIG_FILE = 'config.json'
 CLASS_NAMES_FILE = 'class_names.json'
+ENSEMBLE_FILE = 'ensemble.json'
+# The fields in which an ensemble's members differ from it.
+MEMBER_FIELDS = ('seed', 'ensemble_size')
 # Fields an evaluation may set differently from the run's own config: where files are,
 # how fast it goes, and the decision rule's fixed fallback.
 EVAL_FIELDS = (*config_validation.NON_RESULT_FIELDS, 'eval_batch_size')
@@ -116,10 +122,26 @@ class RestoredModel:
   weights: dict                      # {'params', 'frozen', 'batch_stats'}, replicated on `mesh`
   mesh: Any
   normalization: str                 # resolved input normalization of the weights
-  step: int                          # the restored checkpoint's step
+  step: int | None                   # the restored checkpoint's step
   threshold: float | None            # binary: P(class_names[1]) >= threshold is positive
   selection: dict | None             # WORKDIR/selection.json when the run selected on val
+  # An ensemble: its members' workdirs; `weights` are theirs, stacked on a leading axis,
+  # and `step` is None (each member's is in `selection['members']`).
+  member_workdirs: tuple[str, ...] = ()
   _probs: Any = dataclasses.field(default=None, repr=False)
+
+  @property
+  def members(self) -> int:
+    """How many networks the model averages (1: a single run)."""
+    return max(1, len(self.member_workdirs))
+
+  @property
+  def description(self) -> str:
+    """Which weights these are, for reports: 'step 120' or 'ensemble of 3 runs (...)'."""
+    if self.members == 1:
+      return f'step {self.step}'
+    names = ', '.join(os.path.relpath(w, self.workdir) for w in self.member_workdirs)
+    return f'ensemble of {self.members} runs ({names})'
 
   @property
   def image_size(self) -> int:
@@ -128,6 +150,9 @@ class RestoredModel:
   @property
   def model(self) -> nnx.Module:
     """The nnx Classifier with the restored weights (call it with train=False)."""
+    if self.members > 1:
+      raise ValueError(f'{self.workdir} is an {self.description}: there is no single '
+                       'network to return; restore a member for that.')
     return nnx.merge(self.graphdef, self.weights['params'], self.weights['frozen'],
                      self.weights['batch_stats'])
 
@@ -165,7 +190,11 @@ def restore_for_inference(workdir: str, step: int | None = None,
   latest) at `selection.fixed_threshold`.
 
   `overrides` may change only `EVAL_FIELDS` (paths, batch size); others are refused.
+  An ensemble's members are restored so (their kept checkpoints), at its own threshold.
   """
+  members = load_ensemble(workdir)
+  if members is not None:
+    return _restore_ensemble(workdir, members, step, overrides or {})
   config = apply_overrides(load_run_config(workdir), overrides or {}, workdir)
   class_names = load_class_names(workdir, config)
   normalization = preprocess.resolve_normalization(config.data.normalization,
@@ -204,24 +233,66 @@ def restore_for_inference(workdir: str, step: int | None = None,
       _probs=train_lib.make_predict_fn(graphdef, normalization, mesh))
 
 
-def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None = None,
-                        overrides: dict[str, Any] | None = None) -> train_lib.EvalResult:
-  """WORKDIR's model (see `restore_for_inference`) on `split` of its own dataset and
-  split protocol, at its decision threshold: reproduces the run's final metrics."""
+def load_ensemble(workdir: str) -> list[str] | None:
+  """The member workdirs of an ensemble run (WORKDIR/ensemble.json), else None."""
+  path = os.path.join(workdir, ENSEMBLE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return [os.path.join(workdir, member) for member in json.load(f)['members']]
+
+
+def _result_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fields that decide what a member trains, as a member of an ensemble sees them."""
+  flat = config_validation.flatten(config.to_dict())
+  return {k: v for k, v in flat.items() if k not in (*EVAL_FIELDS, *MEMBER_FIELDS)}
+
+
+def _restore_ensemble(workdir: str, member_workdirs: list[str], step: int | None,
+                      overrides: dict[str, Any]) -> RestoredModel:
+  if step is not None:
+    raise config_validation.ConfigError(
+        f'--step={step}: {workdir} is an ensemble of {len(member_workdirs)} runs, each with '
+        f'its own checkpoints; evaluate a member ({member_workdirs[0]}) to pick one.')
+  config = apply_overrides(load_run_config(workdir), overrides, workdir)
+  class_names = load_class_names(workdir, config)
+  expected = _result_fields(config)
+  member_overrides = {k: v for k, v in overrides.items() if k not in MEMBER_FIELDS}
+  members = []
+  for member_workdir in member_workdirs:
+    member = restore_for_inference(member_workdir, overrides=member_overrides)
+    fields = _result_fields(member.config)
+    # A field one of them lacks was added to the code in between: nothing to compare.
+    differ = sorted(k for k in expected.keys() & fields.keys() if expected[k] != fields[k])
+    if differ or member.class_names != class_names:
+      shown = ', '.join(f'{k}: {expected[k]!r} -> {fields[k]!r}' for k in differ[:4])
+      raise config_validation.ConfigError(
+          f'{member_workdir} is not a member of the ensemble {workdir}: it was trained with '
+          f'another config or class order ({shown or member.class_names}).')
+    members.append(member)
+  mesh = members[0].mesh
+  stack = jax.jit(lambda *ws: jax.tree.map(lambda *xs: jnp.stack(xs), *ws),
+                  out_shardings=parallel.replicated(mesh))
+  weights = stack(*(member.weights for member in members))
+  selection = train_lib.load_selection(workdir)
+  threshold = (selection['threshold'] if selection is not None
+               else float(config.selection.fixed_threshold))
+  return RestoredModel(
+      workdir=workdir, config=config, class_names=class_names,
+      graphdef=members[0].graphdef, weights=weights, mesh=mesh,
+      normalization=members[0].normalization, step=None,
+      threshold=threshold if len(class_names) == 2 else None, selection=selection,
+      member_workdirs=tuple(member_workdirs),
+      _probs=train_lib.make_predict_fn(members[0].graphdef, members[0].normalization,
+                                       mesh, len(members)))
+
+
+def predict_splits(restored: RestoredModel, splits: tuple[str, ...]
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+  """{split: (probs [N, K], labels [N])} of the model on `splits` of its own dataset
+  and split protocol, and the split summary (`InputPipeline.split_summary`)."""
   # inference alone needs no dataset
   from spp_resnet.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
-                            'check --workdir, or train first with --mode=train.')
-  config = load_run_config(workdir)
-  split_config = config.data.split
-  has_val = split_config.get('val_fraction', 0) > 0 or split_config.get('val_dataset', '')
-  splits = ('train', 'val', 'test') if has_val else ('train', 'test')
-  if split not in splits:
-    raise config_validation.ConfigError(
-        f'--eval_split={split!r}: {workdir} has the splits {", ".join(splits)}'
-        + ('' if has_val else ' (it was trained without a validation split)') + '.')
-  restored = restore_for_inference(workdir, step, overrides)
   config = restored.config
   if config.eval_batch_size % jax.device_count():
     raise config_validation.ConfigError(
@@ -233,10 +304,31 @@ def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None =
       process_index=jax.process_index(), process_count=jax.process_count(),
       pretrained_source=config.pretrained.source)
   try:
-    probs, labels = train_lib.predict_probs(restored.batch_probs, restored.mesh,
+    return ({split: train_lib.predict_probs(restored.batch_probs, restored.mesh,
                                             pipeline.eval_batches(split))
+             for split in splits}, pipeline.split_summary())
   finally:
     pipeline.close()
+
+
+def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None = None,
+                        overrides: dict[str, Any] | None = None) -> train_lib.EvalResult:
+  """WORKDIR's model (see `restore_for_inference`) on `split` of its own dataset and
+  split protocol, at its decision threshold: reproduces the run's final metrics."""
+  if not (os.path.isdir(os.path.join(workdir, 'checkpoints'))
+          or os.path.exists(os.path.join(workdir, ENSEMBLE_FILE))):
+    raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
+                            'check --workdir, or train first with --mode=train.')
+  config = load_run_config(workdir)
+  split_config = config.data.split
+  has_val = split_config.get('val_fraction', 0) > 0 or split_config.get('val_dataset', '')
+  splits = ('train', 'val', 'test') if has_val else ('train', 'test')
+  if split not in splits:
+    raise config_validation.ConfigError(
+        f'--eval_split={split!r}: {workdir} has the splits {", ".join(splits)}'
+        + ('' if has_val else ' (it was trained without a validation split)') + '.')
+  restored = restore_for_inference(workdir, step, overrides)
+  probs, labels = predict_splits(restored, (split,))[0][split]
   result = train_lib.metrics_from_probs(probs, labels, restored.class_names,
                                         restored.threshold)
   result.step, result.selection = restored.step, restored.selection

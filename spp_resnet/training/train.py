@@ -252,24 +252,30 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    out_shardings=replicated))
 
 
-def probs_fn(graphdef: nnx.GraphDef, normalization: str) -> Callable[[dict, Batch], jax.Array]:
+def probs_fn(graphdef: nnx.GraphDef, normalization: str,
+             members: int = 1) -> Callable[[dict, Batch], jax.Array]:
   """(weights, {'image': uint8 [B,S,S,1]}) -> class probabilities [B, K].
 
   Probabilities only: predictions depend on the decision threshold, which is chosen on
-  validation data after the fact (metrics.predict on the host).
+  validation data after the fact (metrics.predict on the host). `members` > 1: the
+  weights of an ensemble, stacked on a leading axis; its probabilities are the mean of
+  the members' (one vmapped network, one compile).
   """
   def probs(weights: dict, batch: Batch) -> jax.Array:
     model = nnx.merge(graphdef, weights['params'], weights['frozen'], weights['batch_stats'])
     logits = model(preprocess.to_model_input(batch['image'], normalization), train=False)
     return logits_to_probs(logits.astype(jnp.float32))
 
-  return probs
+  if members == 1:
+    return probs
+  return lambda weights, batch: jax.vmap(probs, in_axes=(0, None))(weights, batch).mean(0)
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, normalization: str,
-                    mesh) -> Callable[[dict, Batch], jax.Array]:
+def make_predict_fn(graphdef: nnx.GraphDef, normalization: str, mesh,
+                    members: int = 1) -> Callable[[dict, Batch], jax.Array]:
   """jit of `probs_fn`; the small output is gathered to every process (host metrics)."""
-  return jax.jit(probs_fn(graphdef, normalization), out_shardings=parallel.replicated(mesh))
+  return jax.jit(probs_fn(graphdef, normalization, members),
+                 out_shardings=parallel.replicated(mesh))
 
 
 def inference_weights(state: TrainState) -> dict:
@@ -500,14 +506,6 @@ def load_selection(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _write_selection(workdir: str, selection: dict) -> None:
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, SELECTION_FILE)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      json.dump(selection, f, indent=1, allow_nan=True)
-    os.replace(path + '.tmp', path)
-
-
 def _improves(value: float, best: dict | None, metric: str) -> bool:
   if value is None or math.isnan(value):
     return False
@@ -525,6 +523,33 @@ def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainS
   weights = best.restore(inference_weights(state))
   best.close()
   return state.replace(**weights), best.restored_step
+
+
+def selection_record(val: EvalResult, sel: ml_collections.ConfigDict, **where) -> dict:
+  """What selection.json keeps of a chosen model's validation result `val`: the metric
+  `sel.metric`, the decision threshold fitted on it by `sel.threshold` (binary tasks) and
+  the validation metrics at that threshold; `where` says which checkpoint (epoch, step)."""
+  threshold = None
+  if len(val.class_names) == 2:
+    threshold = metrics_lib.choose_threshold(
+        val.probs[:, 1], val.labels, sel.threshold, fixed=float(sel.fixed_threshold),
+        target_sensitivity=float(sel.target_sensitivity))
+  at_threshold = metrics_from_probs(val.probs, val.labels, val.class_names, threshold)
+  return {
+      'metric': sel.metric, 'value': float(val.metrics[sel.metric]), **where,
+      'threshold': threshold, 'threshold_rule': sel.threshold,
+      'target_sensitivity': float(sel.target_sensitivity),
+      # Fitted on these same images: optimistic at the threshold, for reference only.
+      'val_metrics': at_threshold.metrics, 'num_val': int(len(val.labels)),
+  }
+
+
+def write_selection(workdir: str, selection: dict) -> None:
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, SELECTION_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(selection, f, indent=1, allow_nan=True)
+    os.replace(path + '.tmp', path)
 
 
 class _Selector:
@@ -547,23 +572,10 @@ class _Selector:
     value = val.metrics.get(metric)
     if not _improves(value, self.best, metric):
       return False
-    threshold = None
-    if len(self.class_names) == 2:
-      threshold = metrics_lib.choose_threshold(
-          val.probs[:, 1], val.labels, self.sel.threshold,
-          fixed=float(self.sel.fixed_threshold),
-          target_sensitivity=float(self.sel.target_sensitivity))
-    at_threshold = metrics_from_probs(val.probs, val.labels, self.class_names, threshold)
     self.checkpointer.save(step, inference_weights(state))
-    self.best = {
-        'metric': metric, 'value': float(value), 'epoch': epoch, 'step': step,
-        'threshold': threshold, 'threshold_rule': self.sel.threshold,
-        'target_sensitivity': float(self.sel.target_sensitivity),
-        # Fitted on these same images: optimistic at the threshold, for reference only.
-        'val_metrics': at_threshold.metrics, 'num_val': int(len(val.labels)),
-    }
+    self.best = selection_record(val, self.sel, epoch=epoch, step=step)
     self.checkpointer.wait()  # selection.json never points at a half-written checkpoint
-    _write_selection(self.workdir, self.best)
+    write_selection(self.workdir, self.best)
     return True
 
   def describe(self) -> str:
@@ -701,6 +713,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> EvalR
   and the last checkpoint is the model, at threshold `selection.fixed_threshold`.
   """
   config_validation.validate(config)
+  if config.get('ensemble_size', 1) > 1:
+    from spp_resnet.training import ensemble  # pylint: disable=g-import-not-at-top  # cycle
+    return ensemble.train_ensemble(config, workdir)
   check_resume_config(config, workdir)  # before anything in the workdir is touched
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     try:
