@@ -89,6 +89,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'must be an integer in [1, 64]', ensemble_size)
   _require(config.seed + ensemble_size <= 2**31, 'seed',
            f'+ ensemble_size ({ensemble_size}) must stay below 2**31', config.seed)
+  ema_decay = config.optimizer.get('ema_decay', 0.0)
+  _require(0.0 <= ema_decay < 1.0, 'optimizer.ema_decay', 'must be in [0, 1) (0 = off)',
+           ema_decay)
   profile = tuple(config.get('profile_steps', (0, 0)))
   _require(len(profile) == 2 and all(isinstance(x, int) for x in profile) and (
       profile == (0, 0) or 1 <= profile[0] <= profile[1]), 'profile_steps',

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -56,4 +59,43 @@ def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
     chain.append(decay)  # AdamW-style: applied to the update, scaled by the schedule
   chain.append(optax.scale_by_learning_rate(
       learning_rate_schedule(opt, steps_per_epoch, num_epochs)))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  if opt.get('ema_decay', 0.0):
+    tx = with_weight_ema(tx, opt.ema_decay)
+  return tx
+
+
+class WeightEmaState(NamedTuple):
+  """State of `with_weight_ema`: the inner optimizer's, and the moving average of the
+  parameters as they are after each update."""
+  inner: optax.OptState
+  ema: optax.Params
+  count: jax.Array
+
+
+def with_weight_ema(tx: optax.GradientTransformation,
+                    decay: float) -> optax.GradientTransformation:
+  """`tx`, keeping a moving average of the parameters in its state (`weight_ema`).
+
+  The decay ramps up as (1 + t) / (10 + t) to `decay`, so the first steps do not hold
+  the random init for long. It lives in the optimizer state, so a run without it keeps
+  the train state (and checkpoints) it always had. BatchNorm statistics are not
+  averaged: evaluation uses the running ones.
+  """
+  def init(params):
+    return WeightEmaState(tx.init(params), jax.tree.map(jnp.copy, params),
+                          jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    new = optax.apply_updates(params, updates)
+    d = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count))
+    ema = jax.tree.map(lambda e, x: (d * e + (1 - d) * x).astype(e.dtype), state.ema, new)
+    return updates, WeightEmaState(inner, ema, optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
+
+
+def weight_ema(opt_state) -> optax.Params | None:
+  """The moving average of the parameters kept by `with_weight_ema`, else None."""
+  return opt_state.ema if isinstance(opt_state, WeightEmaState) else None

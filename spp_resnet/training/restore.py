@@ -217,8 +217,9 @@ def restore_for_inference(workdir: str, step: int | None = None,
                                 '(main.py --mode=train).')
       # The weights only: no optimizer state to read, and the train state of other
       # versions (other running sums) restores too.
-      weights = checkpointer.restore(train_lib.inference_weights(abstract), step=step,
-                                     partial=True)
+      fields = checkpointer.restore(train_lib.weight_fields(abstract), step=step,
+                                    partial=True)
+      weights = train_lib.inference_weights(abstract.replace(**fields))
       step = checkpointer.restored_step
     finally:
       checkpointer.close()

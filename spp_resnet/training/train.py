@@ -36,7 +36,7 @@ from spp_resnet.models import create_model
 from spp_resnet.training import checkpoint as checkpoint_lib
 from spp_resnet.training import parallel
 from spp_resnet.training import workdir_lock
-from spp_resnet.training.optimizer import create_optimizer, learning_rate_schedule
+from spp_resnet.training.optimizer import create_optimizer, learning_rate_schedule, weight_ema
 
 Batch = dict[str, jax.Array]
 
@@ -279,8 +279,26 @@ def make_predict_fn(graphdef: nnx.GraphDef, normalization: str, mesh,
 
 
 def inference_weights(state: TrainState) -> dict:
-  """What an inference model needs of the state (no optimizer state: half the bytes)."""
-  return {'params': state.params, 'frozen': state.frozen, 'batch_stats': state.batch_stats}
+  """What an inference model needs of the state (no optimizer state: half the bytes).
+  With `config.optimizer.ema_decay` its params are the moving average of the weights."""
+  ema = weight_ema(state.opt_state)
+  return {'params': state.params if ema is None else ema, 'frozen': state.frozen,
+          'batch_stats': state.batch_stats}
+
+
+def with_inference_weights(state: TrainState, weights: dict) -> TrainState:
+  """`state` whose `inference_weights` are `weights` (that function's inverse)."""
+  if weight_ema(state.opt_state) is None:
+    return state.replace(**weights)
+  return state.replace(frozen=weights['frozen'], batch_stats=weights['batch_stats'],
+                       opt_state=state.opt_state._replace(ema=weights['params']))
+
+
+def weight_fields(state: TrainState) -> dict:
+  """The fields of a train state that `inference_weights` reads (a restore target)."""
+  fields = {'params': state.params, 'frozen': state.frozen, 'batch_stats': state.batch_stats}
+  return fields if weight_ema(state.opt_state) is None else {
+      **fields, 'opt_state': state.opt_state}
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,7 +540,7 @@ def restore_best(workdir: str, state: TrainState, keep: int = 1) -> tuple[TrainS
     raise FileNotFoundError(f'No best checkpoint in {best.directory}.')
   weights = best.restore(inference_weights(state))
   best.close()
-  return state.replace(**weights), best.restored_step
+  return with_inference_weights(state, weights), best.restored_step
 
 
 def selection_record(val: EvalResult, sel: ml_collections.ConfigDict, **where) -> dict:
