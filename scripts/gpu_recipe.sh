@@ -3,12 +3,12 @@
 # sections, as one prepared script for a single ~10-minute call on a lent GPU:
 #   1. looks for cached ImageNet ResNet-50 weights (torch hub, timm/Hugging Face, Keras);
 #   2. the recipe (configs/scratch.py, with the head crop since 2026-11-30), its `plain`
-#      preset (the better at 64 px on the CPU) and its lever
+#      preset (the better at 64 px on the CPU; an ensemble of 3 seeds) and its lever
 #      ablation (no_crop first), trained on Bhuvaji's set (binarized), each selected on
 #      its own validation split;
 #   3. the paper's setting without ImageNet weights on the same split, as the baseline,
 #      and the recipe on Bhuvaji's set pooled with the figshare tumors;
-#   4. the recipe and the paper's setting trained on the Bohaju sample;
+#   4. the recipe, `plain` (3 seeds) and the paper's setting trained on the Bohaju sample;
 #   5. the cross-dataset matrix of every run (evaluate_external at each run's threshold);
 #   6. the paper's learning-rate / batch-size / epoch sweeps (Figs 7-9), reduced, as time
 #      allows;
@@ -80,7 +80,7 @@ GPU="--config.model.compute_dtype=bfloat16"
 PAPER="--config=configs/default.py --config.pretrained.source= --config.data.split.protocol=grouped"
 recipe() {  # NAME LEVERS [OVERRIDES...]: the recipe with LEVERS off, on Bhuvaji's set
   local name=$1 levers=$2; shift 2
-  stage "$name" 90 python3 main.py --config=configs/scratch.py${levers:+:$levers} \
+  stage "$name" "${LIMIT:-90}" python3 main.py --config=configs/scratch.py${levers:+:$levers} \
     --workdir=$RUNS/$name $SARTAJ $GPU "$@" $EXTRA
 }
 
@@ -93,7 +93,9 @@ if [[ -n $rc && $rc != 0 && $rc != 124 ]]; then  # a broken setup: return at onc
   tail -n 40 "$OUT/logs/recipe.log"; exit 1
 fi
 stage paper 120 python3 main.py $PAPER --workdir=$RUNS/paper $SARTAJ $EXTRA
-recipe recipe-plain plain  # the better of the two at 64 px on the CPU (configs/scratch.py)
+# `plain`, the better of the two at 64 px on the CPU, as an ensemble of 3 seeds (each
+# member is also a single run of the matrix below).
+LIMIT=180 recipe recipe-plain plain --config.ensemble_size=3
 for lever in no_crop paper_augment no_class_weights gap no_label_smoothing; do
   recipe "recipe-$lever" $lever
 done
@@ -111,6 +113,8 @@ recipe recipe-extval '' --config.data.dataset=mix --config.data.split.val_fracti
   --config.data.mix="brain_tumor_mri/binary=$D/sartaj;image_folder=$D/figshare_jpg;brain_tumor=$D/bohaju" \
   --config.data.split.val_dataset=brain_tumor
 stage bohaju-recipe 60 python3 main.py --config=configs/scratch.py --workdir=$RUNS/bohaju-recipe $BOHAJU $GPU $EXTRA
+stage bohaju-plain 150 python3 main.py --config=configs/scratch.py:plain --config.ensemble_size=3 \
+  --workdir=$RUNS/bohaju-plain $BOHAJU $GPU $EXTRA
 stage bohaju-paper 80 python3 main.py $PAPER --workdir=$RUNS/bohaju-paper $BOHAJU $EXTRA
 # 7. BYOL on every image outside the recipe's validation and test splits (its own data
 # config) plus the figshare tumors, the Bohaju slices held out by content; then the
@@ -120,9 +124,11 @@ stage ssl-pretrain 150 python3 -m spp_resnet.training.ssl --config=configs/ssl.p
   --config.ssl.holdout="brain_tumor=$D/bohaju" $EXTRA \
   && recipe recipe-ssl ssl --config.pretrained.path=$RUNS/ssl
 
-# 5. Cross-dataset matrix of every finished run.
+# 5. Cross-dataset matrix of every finished run, and of each finished ensemble member.
 runs=$(for n in $(cat "$OUT/finished.txt" 2>/dev/null); do
-  [ -f "$RUNS/$n/config.json" ] && printf '%s=%s,' "$n" "$RUNS/$n"; done)
+  [ -f "$RUNS/$n/config.json" ] && printf '%s=%s,' "$n" "$RUNS/$n"
+  for m in "$RUNS/$n"/members/seed_*; do
+    [ -f "$m/selection.json" ] && printf '%s=%s,' "$n-$(basename "$m")" "$m"; done; done)
 STAGE_DEADLINE=$deadline stage cross 300 python3 -m spp_resnet.experiments.cross_dataset --runs="${runs%,}" \
   --datasets="bhuvaji=brain_tumor_mri/binary:$D/sartaj,bohaju=brain_tumor:$D/bohaju,figshare=image_folder:$D/figshare_jpg" \
   --refit_threshold=10 --out=$RUNS/cross_dataset

@@ -136,8 +136,10 @@ def test_matrix(tmp_path):
   out = tmp_path / 'out'
   datasets = {'phantom': DatasetSpec(PHANTOM), 'both': DatasetSpec('image_folder', str(both)),
               'tumor_only': DatasetSpec('image_folder', str(tumor_only))}
-  result = xd.build_matrix({'phantom': str(run), 'mix': str(mix_run)}, datasets, str(out),
-                           data_dir=str(tmp_path / 'tfds'), refit_threshold=2,
+  # `copy`: the phantom run again, under another name: the paired comparison's zero.
+  result = xd.build_matrix({'phantom': str(run), 'mix': str(mix_run), 'copy': str(run)},
+                           datasets, str(out), data_dir=str(tmp_path / 'tfds'),
+                           refit_threshold=2, baseline='phantom',
                            argv=['cross_dataset', '--x=1'])
   cells = result['cells']
   assert cells['phantom']['phantom'] == {'status': 'trained on'}
@@ -187,6 +189,15 @@ def test_matrix(tmp_path):
   assert [c.strip() for c in row.strip('|').split('|')][1:] == ['trained on', ' / '.join(
       f'{refit[k]["mean"]:.3f} [{refit[k]["low"]:.3f}, {refit[k]["high"]:.3f}]'
       for k in ('sensitivity', 'specificity')), 'n/a']
+  # Against the baseline, paired over the same images: the same model differs by 0.
+  assert cells['copy']['both']['vs_baseline'] == [0.0, 0.0, 0.0]
+  assert 'vs_baseline' not in cells['mix']['phantom']  # the baseline trained on it
+  section = md.split('## ROC AUC against `phantom`, paired')[1].split('##')[0]
+  rows = {l.split('|')[1].strip(): [c.strip() for c in l.strip('|').split('|')][1:]
+          for l in section.splitlines() if l.startswith('| ') and '\\ test' not in l}
+  assert rows['copy'] == ['trained on', '+0.000 [+0.000, +0.000]', 'n/a']
+  assert rows['mix'] == ['baseline trained on', 'trained on', 'n/a']
+  assert rows['phantom'] == ['(baseline)'] * 3
   low, high = both_cell['intervals']['roc_auc']  # 95% bootstrap interval over images
   assert low <= both_cell['metrics']['roc_auc'] <= high
   assert cols[2:] == ['trained on',

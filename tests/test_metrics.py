@@ -361,3 +361,21 @@ def test_binary_intervals_contain_the_estimates():
     assert got[key].mean == pytest.approx(m[key])
     assert got[key].low < m[key] < got[key].high
   assert 0.05 < got['roc_auc'].high - got['roc_auc'].low < 0.25
+
+
+def test_paired_auc_difference():
+  rng = np.random.default_rng(0)
+  labels = rng.random(300) < 0.4
+  difficulty = rng.normal(size=300)  # shared by both models: what pairing cancels
+  a = labels * 1.0 + difficulty + 0.5 * rng.normal(size=300)
+  b = labels * 0.7 + difficulty + 0.5 * rng.normal(size=300)
+  ci = M.auc_difference_ci(a, b, labels)
+  assert ci.mean == pytest.approx(M.roc_auc(a, labels) - M.roc_auc(b, labels))
+  assert ci.low < ci.mean < ci.high
+  # Narrower than the two unpaired intervals side by side would suggest.
+  unpaired = [M.auc_ci(s, labels) for s in (a, b)]
+  assert ci.high - ci.low < sum(u.high - u.low for u in unpaired) / 2
+  same = M.auc_difference_ci(a, a, labels)
+  assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+  with pytest.raises(ValueError, match='same images'):
+    M.auc_difference_ci(a, b[:-1], labels)

@@ -35,6 +35,7 @@ its threshold refitted on N labelled images per class of that test set (evaluate
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
 import json
@@ -203,7 +204,7 @@ def _threshold_text(run: dict) -> str:
 
 def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: str, *,
                  data_dir: str = '', batch_size: int = 0, refit_threshold: int = 0,
-                 argv: list[str] | None = None) -> dict:
+                 baseline: str = '', argv: list[str] | None = None) -> dict:
   """Evaluates every run on every dataset it was not trained on; writes the report.
 
   Args:
@@ -214,6 +215,8 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
     batch_size: evaluation batch size (0 = each run's).
     refit_threshold: also refit each threshold on this many images per class of each
       test set (0 = no); see evaluate_external.
+    baseline: a run name: also compare every other run's ROC AUC with that run's on
+      each test set both were evaluated on (paired bootstrap over its images).
     argv: the command line, for the report (default sys.argv).
 
   Returns:
@@ -225,6 +228,8 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
 
   for name in list(runs) + list(datasets):
     _check_name(name, 'name')
+  if baseline and baseline not in runs:
+    raise ValueError(f'--baseline={baseline!r} is not one of the --runs ({", ".join(runs)})')
   start = time.perf_counter()
   os.makedirs(out, exist_ok=True)
   configs = {name: restore.load_run_config(workdir) for name, workdir in runs.items()}
@@ -276,8 +281,11 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
                            step=summary.get('step'), model=summary.get('model'))
 
+  if baseline:
+    compare_with_baseline(cells, baseline)
   argv = list(sys.argv if argv is None else argv)
   result = {
+      'baseline': baseline,
       'command': ('python -m spp_resnet.experiments.cross_dataset '
                   + ' '.join(shlex.quote(a) for a in argv[1:])),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
@@ -294,6 +302,62 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
   with open(os.path.join(out, 'cross_dataset.md'), 'w', encoding='utf-8') as f:
     f.write(format_report(result))
   return result
+
+
+def _cell_scores(cell: dict) -> dict[str, tuple[float, bool]]:
+  """{filename: (P(positive class), is positive)} from a binary cell's predictions.csv."""
+  with open(os.path.join(cell['out'], 'predictions.csv'), newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  positive = [k for k in rows[0] if k.startswith('p_')][1] if rows else ''
+  return {r['filename']: (float(r[positive]), r['true'] == positive[2:]) for r in rows}
+
+
+def compare_with_baseline(cells: dict, baseline: str) -> None:
+  """Adds to each binary cell of another run the ROC AUC difference with the baseline's
+  cell on the same test set: `vs_baseline` [difference, low, high], 95% paired
+  stratified bootstrap (`metrics.auc_difference_ci`)."""
+  for run, row in cells.items():
+    for name, cell in row.items():
+      base = cells[baseline].get(name, {})
+      if run == baseline or cell['status'] != 'ok' or base.get('status') != 'ok':
+        continue
+      if cell['metrics'].get('roc_auc') is None or base['metrics'].get('roc_auc') is None:
+        continue
+      ours, theirs = _cell_scores(cell), _cell_scores(base)
+      if ours.keys() != theirs.keys():
+        raise ValueError(f'{run} and {baseline} on {name}: not the same images')
+      files = sorted(ours)
+      ci = metrics_lib.auc_difference_ci([ours[f][0] for f in files],
+                                         [theirs[f][0] for f in files],
+                                         [ours[f][1] for f in files])
+      cell['vs_baseline'] = [ci.mean, ci.low, ci.high]
+
+
+def _baseline_section(result: dict) -> list[str]:
+  """ROC AUC minus the baseline run's, cell by cell, if asked for."""
+  baseline, cells = result.get('baseline'), result['cells']
+  if not baseline:
+    return []
+
+  def text(run: str, name: str) -> str:
+    cell, base = cells[run][name], cells[baseline][name]
+    if run == baseline:
+      return '(baseline)'
+    if 'vs_baseline' in cell:
+      d, low, high = cell['vs_baseline']
+      return f'{d:+.3f} [{low:+.3f}, {high:+.3f}]'
+    if cell['status'] != 'ok':
+      return cell['status']
+    return f'baseline {base["status"]}' if base['status'] != 'ok' else NA
+
+  names = list(result['datasets'])
+  rows = [[run] + [text(run, n) for n in names] for run in result['runs']]
+  return [f'## ROC AUC against `{baseline}`, paired', '',
+          f'Each run\'s ROC AUC minus `{baseline}`\'s on the same test images, with a 95% '
+          'paired stratified bootstrap interval (both models scored on each of 2000 '
+          'resamples of the images): an interval above 0 says the run ranks that test '
+          f'set better. "{NA}": no ROC AUC on that test set.', '',
+          metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
 
 
 def _cell_text(cell: dict, key: str) -> str:
@@ -354,6 +418,8 @@ def format_report(result: dict) -> str:
     rows = [[run, _threshold_text(runs[run])] + [_cell_text(cells[run][n], key)
                                                    for n in names] for run in runs]
     lines += [metrics_lib.markdown_table(['train \\ test', 'threshold'] + names, rows), '']
+    if key == 'roc_auc':
+      lines += _baseline_section(result)
   lines += _refit_section(result)
   lines += ['## Run time per cell (s)', '',
             'Restoring the checkpoint, preprocessing the test set and evaluating.', '']
@@ -410,6 +476,8 @@ def _define_flags():
   flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: each run's).")
   flags.DEFINE_integer('refit_threshold', 0, 'Also refit each threshold on this many '
                        'labelled images per class of each test set (0 = no).')
+  flags.DEFINE_string('baseline', '', 'A run name of --runs: also report every other '
+                      "run's ROC AUC minus its, paired over the same test images.")
   flags.mark_flags_as_required(['out'])
 
 
@@ -425,7 +493,7 @@ def main(argv):
   with cli.exit_on_user_error():
     result = build_matrix(runs, datasets, FLAGS.out, data_dir=FLAGS.data_dir,
                           batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
-                          argv=sys.argv)
+                          baseline=FLAGS.baseline, argv=sys.argv)
   print(format_report(result))
   print(f'Written to {os.path.join(FLAGS.out, "cross_dataset.md")} and .json')
   failed = sum(c['status'] == ERROR for r in result['cells'].values() for c in r.values())

@@ -158,7 +158,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
                                  result.probs):
       fn = fn.decode() if isinstance(fn, bytes) else str(fn)
       w.writerow([fn, pooled.class_names[ext], model_classes[t], model_classes[p]]
-                 + [f'{x:.6f}' for x in pr])
+                 + [f'{x:.9g}' for x in pr])  # float32 in full: saturated outputs stay ranked
   # Plots.
   curves = {}
   positives = range(1, 2) if num_classes == 2 else range(num_classes)
