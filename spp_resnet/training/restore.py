@@ -190,7 +190,8 @@ def restore_for_inference(workdir: str, step: int | None = None,
   latest) at `selection.fixed_threshold`.
 
   `overrides` may change only `EVAL_FIELDS` (paths, batch size); others are refused.
-  An ensemble's members are restored so (their kept checkpoints), at its own threshold.
+  An ensemble restores each member as above (its kept checkpoint) and decides at the
+  ensemble's own threshold.
   """
   members = load_ensemble(workdir)
   if members is not None:
