@@ -49,8 +49,9 @@ from configs import default
 LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap',
           'size224', 'resnet50', 'no_crop')
 # Not levers of the recipe ablation: `ssl` needs an SSL run (--config.pretrained.path);
-# `plain` turns off everything the recipe adds but the crop (see the docstring).
-OPTIONS = (*LEVERS, 'ssl', 'plain')
+# `plain` turns off everything the recipe adds but the crop; `ema` evaluates a moving
+# average of the weights; `ensemble` trains 3 seeds and averages them (see the docstring).
+OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble')
 PLAIN = ('paper_augment', 'no_label_smoothing', 'no_class_weights')  # turned off by `plain`
 
 
@@ -128,6 +129,11 @@ def get_config(levers: str = ''):
     elif lever == 'plain':  # after the PLAIN levers
       opt.weight_decay = 0.0
       model.head_hidden = (128, 128)
+    elif lever == 'ema':
+      # About 50 steps of memory: 1.5 epochs of the Bhuvaji set at batch 64.
+      opt.ema_decay = 0.98
+    elif lever == 'ensemble':
+      config.ensemble_size = 3
     elif lever == 'resnet50':
       model.backbone = 'resnet50'
       model.head_hidden = (512,)

@@ -18,8 +18,10 @@ def test_shipped_configs_are_valid():
   validate(default.get_config())
   validate(phantom.get_config())
   validate(scratch.get_config())
-  for lever in (*scratch.LEVERS, 'plain'):  # 'ssl' needs an SSL run's path
+  for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble'):  # 'ssl' needs an SSL run
     validate(scratch.get_config(lever))
+  recommended = scratch.get_config('plain,ema,ensemble')
+  assert (recommended.ensemble_size, recommended.optimizer.ema_decay) == (3, 0.98)
 
 
 def test_the_last_override_of_a_field_wins():
