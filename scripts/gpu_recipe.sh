@@ -132,7 +132,8 @@ runs=$(for n in $(cat "$OUT/finished.txt" 2>/dev/null); do
     [ -f "$m/selection.json" ] && printf '%s=%s,' "$n-$(basename "$m")" "$m"; done; done)
 STAGE_DEADLINE=$deadline stage cross 300 python3 -m spp_resnet.experiments.cross_dataset --runs="${runs%,}" \
   --datasets="bhuvaji=brain_tumor_mri/binary:$D/sartaj,bohaju=brain_tumor:$D/bohaju,figshare=image_folder:$D/figshare_jpg" \
-  --refit_threshold=10 $(grep -qx paper "$OUT/finished.txt" 2>/dev/null && echo --baseline=paper) \
+  --refit_threshold=10 $(b=$(grep -xE 'paper|bohaju-paper' "$OUT/finished.txt" 2>/dev/null | paste -sd,); \
+                         [ -n "$b" ] && echo --baseline=$b) \
   --out=$RUNS/cross_dataset
 
 # 6. The paper's sweeps (Figs 7-9), reduced, if time is left: ResNet-18 at 128 px on the

@@ -139,7 +139,7 @@ def test_matrix(tmp_path):
   # `copy`: the phantom run again, under another name: the paired comparison's zero.
   result = xd.build_matrix({'phantom': str(run), 'mix': str(mix_run), 'copy': str(run)},
                            datasets, str(out), data_dir=str(tmp_path / 'tfds'),
-                           refit_threshold=2, baseline='phantom',
+                           refit_threshold=2, baselines=('phantom',),
                            argv=['cross_dataset', '--x=1'])
   cells = result['cells']
   assert cells['phantom']['phantom'] == {'status': 'trained on'}
@@ -191,13 +191,15 @@ def test_matrix(tmp_path):
       for k in ('sensitivity', 'specificity')), 'n/a']
   # Against the baseline, paired over the same images: the same model differs by 0.
   assert cells['copy']['both']['vs_baseline'] == [0.0, 0.0, 0.0]
-  assert 'vs_baseline' not in cells['mix']['phantom']  # the baseline trained on it
-  section = md.split('## ROC AUC against `phantom`, paired')[1].split('##')[0]
+  section = md.split('## ROC AUC against the baseline trained on the same data, paired')[1]
+  section = section.split('##')[0]
   rows = {l.split('|')[1].strip(): [c.strip() for c in l.strip('|').split('|')][1:]
           for l in section.splitlines() if l.startswith('| ') and '\\ test' not in l}
-  assert rows['copy'] == ['trained on', '+0.000 [+0.000, +0.000]', 'n/a']
-  assert rows['mix'] == ['baseline trained on', 'trained on', 'n/a']
-  assert rows['phantom'] == ['(baseline)'] * 3
+  assert rows['copy'] == ['phantom', 'trained on', '+0.000 [+0.000, +0.000]', 'n/a']
+  # `mix` was trained on other data than the baseline: nothing to compare it with.
+  assert 'vs_baseline' not in cells['mix']['tumor_only']
+  assert rows['mix'] == ['(none trained on the same data)', '', 'trained on', '']
+  assert rows['phantom'] == ['phantom'] + ['(baseline)'] * 3
   low, high = both_cell['intervals']['roc_auc']  # 95% bootstrap interval over images
   assert low <= both_cell['metrics']['roc_auc'] <= high
   assert cols[2:] == ['trained on',

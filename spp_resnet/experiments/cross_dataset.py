@@ -204,7 +204,7 @@ def _threshold_text(run: dict) -> str:
 
 def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: str, *,
                  data_dir: str = '', batch_size: int = 0, refit_threshold: int = 0,
-                 baseline: str = '', argv: list[str] | None = None) -> dict:
+                 baselines: tuple[str, ...] = (), argv: list[str] | None = None) -> dict:
   """Evaluates every run on every dataset it was not trained on; writes the report.
 
   Args:
@@ -215,8 +215,9 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
     batch_size: evaluation batch size (0 = each run's).
     refit_threshold: also refit each threshold on this many images per class of each
       test set (0 = no); see evaluate_external.
-    baseline: a run name: also compare every other run's ROC AUC with that run's on
-      each test set both were evaluated on (paired bootstrap over its images).
+    baselines: run names: also compare every other run's ROC AUC with that of the
+      baseline trained on the same data, on each test set both were evaluated on
+      (paired bootstrap over its images).
     argv: the command line, for the report (default sys.argv).
 
   Returns:
@@ -228,8 +229,10 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
 
   for name in list(runs) + list(datasets):
     _check_name(name, 'name')
-  if baseline and baseline not in runs:
-    raise ValueError(f'--baseline={baseline!r} is not one of the --runs ({", ".join(runs)})')
+  for baseline in baselines:
+    if baseline not in runs:
+      raise ValueError(f'--baseline={baseline!r} is not one of the --runs '
+                       f'({", ".join(runs)})')
   start = time.perf_counter()
   os.makedirs(out, exist_ok=True)
   configs = {name: restore.load_run_config(workdir) for name, workdir in runs.items()}
@@ -281,11 +284,10 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
                            step=summary.get('step'), model=summary.get('model'))
 
-  if baseline:
-    compare_with_baseline(cells, baseline)
+  compare_with_baselines(cells, run_info, baselines)
   argv = list(sys.argv if argv is None else argv)
   result = {
-      'baseline': baseline,
+      'baselines': list(baselines),
       'command': ('python -m spp_resnet.experiments.cross_dataset '
                   + ' '.join(shlex.quote(a) for a in argv[1:])),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
@@ -312,14 +314,19 @@ def _cell_scores(cell: dict) -> dict[str, tuple[float, bool]]:
   return {r['filename']: (float(r[positive]), r['true'] == positive[2:]) for r in rows}
 
 
-def compare_with_baseline(cells: dict, baseline: str) -> None:
-  """Adds to each binary cell of another run the ROC AUC difference with the baseline's
-  cell on the same test set: `vs_baseline` [difference, low, high], 95% paired
-  stratified bootstrap (`metrics.auc_difference_ci`)."""
+def compare_with_baselines(cells: dict, run_info: dict, baselines) -> None:
+  """Adds to each binary cell of a run the ROC AUC difference with the cell of the
+  baseline trained on the same data, on the same test set: `vs_baseline` [difference,
+  low, high] (95% paired stratified bootstrap, `metrics.auc_difference_ci`) and
+  `baseline` (its name)."""
   for run, row in cells.items():
+    same = [b for b in baselines if run_info[b]['trained_on'] == run_info[run]['trained_on']]
+    if run in baselines or not same:
+      continue
+    baseline = same[0]
     for name, cell in row.items():
       base = cells[baseline].get(name, {})
-      if run == baseline or cell['status'] != 'ok' or base.get('status') != 'ok':
+      if cell['status'] != 'ok' or base.get('status') != 'ok':
         continue
       if cell['metrics'].get('roc_auc') is None or base['metrics'].get('roc_auc') is None:
         continue
@@ -330,34 +337,41 @@ def compare_with_baseline(cells: dict, baseline: str) -> None:
       ci = metrics_lib.auc_difference_ci([ours[f][0] for f in files],
                                          [theirs[f][0] for f in files],
                                          [ours[f][1] for f in files])
-      cell['vs_baseline'] = [ci.mean, ci.low, ci.high]
+      cell['vs_baseline'], cell['baseline'] = [ci.mean, ci.low, ci.high], baseline
 
 
 def _baseline_section(result: dict) -> list[str]:
-  """ROC AUC minus the baseline run's, cell by cell, if asked for."""
-  baseline, cells = result.get('baseline'), result['cells']
-  if not baseline:
+  """ROC AUC minus the baseline's, cell by cell, if baselines were given."""
+  baselines, cells, runs = result.get('baselines', []), result['cells'], result['runs']
+  if not baselines:
     return []
 
+  def baseline_of(run: str) -> str:
+    same = [b for b in baselines if runs[b]['trained_on'] == runs[run]['trained_on']]
+    return same[0] if same else ''
+
   def text(run: str, name: str) -> str:
-    cell, base = cells[run][name], cells[baseline][name]
-    if run == baseline:
+    cell, baseline = cells[run][name], baseline_of(run)
+    if run in baselines:
       return '(baseline)'
     if 'vs_baseline' in cell:
       d, low, high = cell['vs_baseline']
       return f'{d:+.3f} [{low:+.3f}, {high:+.3f}]'
-    if cell['status'] != 'ok':
-      return cell['status']
+    if cell['status'] != 'ok' or not baseline:
+      return cell['status'] if cell['status'] != 'ok' else ''
+    base = cells[baseline][name]
     return f'baseline {base["status"]}' if base['status'] != 'ok' else NA
 
   names = list(result['datasets'])
-  rows = [[run] + [text(run, n) for n in names] for run in result['runs']]
-  return [f'## ROC AUC against `{baseline}`, paired', '',
-          f'Each run\'s ROC AUC minus `{baseline}`\'s on the same test images, with a 95% '
-          'paired stratified bootstrap interval (both models scored on each of 2000 '
-          'resamples of the images): an interval above 0 says the run ranks that test '
-          f'set better. "{NA}": no ROC AUC on that test set.', '',
-          metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
+  rows = [[run, run if run in baselines else (baseline_of(run) or '(none trained on the '
+                                               'same data)')] + [text(run, n) for n in names]
+          for run in runs]
+  return ['## ROC AUC against the baseline trained on the same data, paired', '',
+          'Each run\'s ROC AUC minus that of the baseline trained on the same data, on '
+          'the same test images, with a 95% paired stratified bootstrap interval (both '
+          'models scored on each of 2000 resamples of the images): an interval above 0 '
+          f'says the run ranks that test set better. "{NA}": no ROC AUC on that test set.',
+          '', metrics_lib.markdown_table(['train \\ test', 'baseline'] + names, rows), '']
 
 
 def _cell_text(cell: dict, key: str) -> str:
@@ -476,8 +490,9 @@ def _define_flags():
   flags.DEFINE_integer('batch_size', 0, "Eval batch size (default: each run's).")
   flags.DEFINE_integer('refit_threshold', 0, 'Also refit each threshold on this many '
                        'labelled images per class of each test set (0 = no).')
-  flags.DEFINE_string('baseline', '', 'A run name of --runs: also report every other '
-                      "run's ROC AUC minus its, paired over the same test images.")
+  flags.DEFINE_list('baseline', [], 'Run names of --runs (e.g. the paper setting trained '
+                    "on each source): also report every other run's ROC AUC minus that of "
+                    'the baseline trained on the same data, paired over the test images.')
   flags.mark_flags_as_required(['out'])
 
 
@@ -493,7 +508,7 @@ def main(argv):
   with cli.exit_on_user_error():
     result = build_matrix(runs, datasets, FLAGS.out, data_dir=FLAGS.data_dir,
                           batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
-                          baseline=FLAGS.baseline, argv=sys.argv)
+                          baselines=tuple(FLAGS.baseline), argv=sys.argv)
   print(format_report(result))
   print(f'Written to {os.path.join(FLAGS.out, "cross_dataset.md")} and .json')
   failed = sum(c['status'] == ERROR for r in result['cells'].values() for c in r.values())
