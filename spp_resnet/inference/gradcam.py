@@ -55,7 +55,7 @@ def gradcam_maps(model: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]
 
 class GradCAM:
   """Grad-CAM of a restored run (`spp_resnet.training.restore.RestoredModel`); of an
-  ensemble, the mean of its members' maps (each scaled to peak 1 first, then the mean).
+  ensemble, the mean of its members' maps (each scaled to peak 1), scaled to peak 1.
 
     cam = GradCAM(restored)
     probs, maps = cam(images)   # uint8 [B, S, S, 1] -> [B, K], [B, K, h, w]

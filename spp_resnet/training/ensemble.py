@@ -73,6 +73,9 @@ def _assemble(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, restore.ENSEMBLE_FILE), 'w', encoding='utf-8') as f:
       json.dump({'members': members, 'seeds': seeds}, f, indent=1)
+  if jax.process_count() > 1:  # every process reads what process 0 wrote
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('spp_resnet ensemble.json written')
   restored = restore.restore_for_inference(workdir)
   split = config.data.split
   has_val = bool(split.val_fraction > 0 or split.val_dataset)
