@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 import dataclasses
 import datetime
+import glob
 import json
 import os
 import shutil
@@ -181,7 +182,7 @@ def load_result(run: Run) -> dict | None:
 def train_one(run: Run, keep_checkpoint: bool) -> dict:
   """Trains and evaluates one run; writes and returns its result.json content."""
   # jax: not before --help
-  from spp_resnet.training import train  # pylint: disable=g-import-not-at-top
+  from spp_resnet.training import ensemble, train  # pylint: disable=g-import-not-at-top
   logging.info('=== %s / %s / %s', run.protocol, run.variant, run.repeat)
   start = time.perf_counter()
   result = train.train_and_evaluate(run.config, run.workdir)
@@ -203,9 +204,10 @@ def train_one(run: Run, keep_checkpoint: bool) -> dict:
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(to_json(out), f, allow_nan=True)
   os.replace(tmp, os.path.join(run.workdir, 'result.json'))
-  if not keep_checkpoint:
-    for name in ('checkpoints', train.BEST_CHECKPOINT):
-      shutil.rmtree(os.path.join(run.workdir, name), ignore_errors=True)
+  if not keep_checkpoint:  # an ensemble's are its members'
+    for folder in [run.workdir, *glob.glob(os.path.join(run.workdir, ensemble.MEMBERS_DIR, '*'))]:
+      for name in ('checkpoints', train.BEST_CHECKPOINT):
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
   logging.info('=== %s / %s / %s done in %.0f s: accuracy %.4f', run.protocol,
                run.variant, run.repeat, wall, result.metrics['accuracy'])
   return out
