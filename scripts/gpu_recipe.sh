@@ -96,7 +96,7 @@ stage paper 120 python3 main.py $PAPER --workdir=$RUNS/paper $SARTAJ $EXTRA
 # The recommended model: `plain` (the better of the two at 64 px on the CPU) with the
 # moving average of its weights, as an ensemble of 3 seeds (each member is also a single
 # run of the matrix below).
-LIMIT=180 recipe recipe-plain plain,ema,ensemble
+LIMIT=240 recipe recipe-plain plain,ema,ensemble
 for lever in no_crop paper_augment no_class_weights gap no_label_smoothing; do
   recipe "recipe-$lever" $lever
 done
@@ -114,7 +114,7 @@ recipe recipe-extval '' --config.data.dataset=mix --config.data.split.val_fracti
   --config.data.mix="brain_tumor_mri/binary=$D/sartaj;image_folder=$D/figshare_jpg;brain_tumor=$D/bohaju" \
   --config.data.split.val_dataset=brain_tumor
 stage bohaju-recipe 60 python3 main.py --config=configs/scratch.py --workdir=$RUNS/bohaju-recipe $BOHAJU $GPU $EXTRA
-stage bohaju-plain 150 python3 main.py --config=configs/scratch.py:plain,ema,ensemble \
+stage bohaju-plain 200 python3 main.py --config=configs/scratch.py:plain,ema,ensemble \
   --workdir=$RUNS/bohaju-plain $BOHAJU $GPU $EXTRA
 stage bohaju-paper 80 python3 main.py $PAPER --workdir=$RUNS/bohaju-paper $BOHAJU $EXTRA
 # 7. BYOL on every image outside the recipe's validation and test splits (its own data
