@@ -314,16 +314,21 @@ def _cell_scores(cell: dict) -> dict[str, tuple[float, bool]]:
   return {r['filename']: (float(r[positive]), r['true'] == positive[2:]) for r in rows}
 
 
+def baseline_for(run: str, run_info: dict, baselines) -> str:
+  """The first of `baselines` trained on the same data as `run` ('' if none)."""
+  same = [b for b in baselines if run_info[b]['trained_on'] == run_info[run]['trained_on']]
+  return same[0] if same else ''
+
+
 def compare_with_baselines(cells: dict, run_info: dict, baselines) -> None:
   """Adds to each binary cell of a run the ROC AUC difference with the cell of the
   baseline trained on the same data, on the same test set: `vs_baseline` [difference,
   low, high] (95% paired stratified bootstrap, `metrics.auc_difference_ci`) and
   `baseline` (its name)."""
   for run, row in cells.items():
-    same = [b for b in baselines if run_info[b]['trained_on'] == run_info[run]['trained_on']]
-    if run in baselines or not same:
+    baseline = baseline_for(run, run_info, baselines)
+    if run in baselines or not baseline:
       continue
-    baseline = same[0]
     for name, cell in row.items():
       base = cells[baseline].get(name, {})
       if cell['status'] != 'ok' or base.get('status') != 'ok':
@@ -346,12 +351,8 @@ def _baseline_section(result: dict) -> list[str]:
   if not baselines:
     return []
 
-  def baseline_of(run: str) -> str:
-    same = [b for b in baselines if runs[b]['trained_on'] == runs[run]['trained_on']]
-    return same[0] if same else ''
-
   def text(run: str, name: str) -> str:
-    cell, baseline = cells[run][name], baseline_of(run)
+    cell, baseline = cells[run][name], baseline_for(run, runs, baselines)
     if run in baselines:
       return '(baseline)'
     if 'vs_baseline' in cell:
@@ -363,9 +364,8 @@ def _baseline_section(result: dict) -> list[str]:
     return f'baseline {base["status"]}' if base['status'] != 'ok' else NA
 
   names = list(result['datasets'])
-  rows = [[run, run if run in baselines else (baseline_of(run) or '(none trained on the '
-                                               'same data)')] + [text(run, n) for n in names]
-          for run in runs]
+  rows = [[run, baseline_for(run, runs, baselines) or '(none trained on the same data)']
+          + [text(run, n) for n in names] for run in runs]
   return ['## ROC AUC against the baseline trained on the same data, paired', '',
           'Each run\'s ROC AUC minus that of the baseline trained on the same data, on '
           'the same test images, with a 95% paired stratified bootstrap interval (both '
