@@ -577,10 +577,9 @@ class _Selector:
   continues with the same best) and WORKDIR/best_checkpoint/ (weights only).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, class_names):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.sel = config.selection
     self.workdir = workdir
-    self.class_names = list(class_names)
     self.best = load_selection(workdir)
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, keep=1, name=BEST_CHECKPOINT)
 
@@ -752,7 +751,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   start = int(jax.device_get(state.step))
   pipeline, steps_per_epoch = exp.pipeline, exp.pipeline.steps_per_epoch
   has_val = 'val' in pipeline.split_indices
-  selector = _Selector(config, workdir, pipeline.class_names) if has_val else None
+  selector = _Selector(config, workdir) if has_val else None
   writer = writers.MetricWriter(workdir, process_index=jax.process_index(),
                                 resume_step=start or None)
   monitor = _TrainMonitor(exp, writer, start)
