@@ -124,8 +124,8 @@ def get_config() -> ml_collections.ConfigDict:
   opt.step_boundaries_epochs = ()  # 'step' schedule
   opt.step_factor = 0.1
   opt.grad_clip_norm = 0.0  # 0 = off
-  # > 0: evaluate, select and save a moving average of the weights (and BatchNorm
-  # statistics) with this decay per step, e.g. 0.99; 0 = off (the paper). Not the paper's.
+  # > 0: evaluate, select and save a moving average of the weights with this decay per
+  # step, e.g. 0.98 (BatchNorm keeps its running statistics); 0 = off, as in the paper.
   opt.ema_decay = 0.0
 
   # ---- Loss --------------------------------------------------------------------------
