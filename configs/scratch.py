@@ -50,9 +50,11 @@ scripts/gpu_recipe.sh runs both).
 `ema` and `ensemble` on top of `plain`, same CPU scale (docs/results.md, "The
 recommended model"), trained on Bhuvaji and evaluated on the Bohaju slices: single runs
 0.815-0.885 ROC AUC, with `ema` 0.880-0.947 (same seeds: the average does not change
-training), the 3-seed ensemble with `ema` 0.919 [0.882, 0.950], the paper's setting
-0.836 (paired difference +0.083 [+0.044, +0.124]). Validation 0.962, test 0.972. Each
-member costs a full run: about 9 min on 2 CPU cores at 64 px, 45 s on an H200 at 128 px.
+training), the 3-seed ensemble with `ema` 0.919 [0.882, 0.950] against the paper
+setting's 0.836 (paired difference +0.083 [+0.044, +0.124]); but a second ensemble
+(seeds 3-5) 0.832, a tie (-0.004 [-0.060, +0.048]). Validation 0.962 and 0.967, test
+0.972 and 0.977. Each member costs a full run: about 9 min on 2 CPU cores at 64 px,
+about 45 s on an H200 at 128 px.
 """
 
 from configs import default
