@@ -217,16 +217,14 @@ def test_ablation_resumes_without_training_and_refuses_another_config(ablation_r
   assert proc.returncode == 2 and 'different config' in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
-  """The paper-protocol run's own test images, written as PNGs under other class names,
-  give back exactly the metrics the run reported."""
+@pytest.fixture(scope='module')
+def outside_folder(ablation_run):
+  """The paper-protocol run's own test images, as PNGs under other class names."""
   from PIL import Image
   from spp_resnet.data import sources
   tmp, workdir, _ = ablation_run
   run_dir = workdir / 'runs' / 'paper' / 'basic' / 'split0'
   config = restore.load_run_config(str(run_dir))
-  assert tuple(config.model.head_hidden) == (32,)
   pooled = sources.load_pooled(config.data.dataset)
   test_idx = splits_lib.make_splits(pooled.metadata, config.data.split)['test']
   folder = tmp / 'outside'
@@ -236,6 +234,18 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
     d = folder / names[int(record['label'])]
     d.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(record['image'])[..., 0]).save(d / f'slice_{int(i)}.png')
+  return folder, test_idx
+
+
+@pytest.mark.slow
+def test_evaluate_external_on_a_class_per_folder_directory(ablation_run, outside_folder):
+  """The paper-protocol run's own test images, written as PNGs under other class names,
+  give back exactly the metrics the run reported."""
+  from PIL import Image
+  tmp, workdir, _ = ablation_run
+  folder, test_idx = outside_folder
+  run_dir = workdir / 'runs' / 'paper' / 'basic' / 'split0'
+  assert tuple(restore.load_run_config(str(run_dir)).model.head_hidden) == (32,)
   out = tmp / 'external_out'
   proc = _run(['spp_resnet.experiments.evaluate_external', f'--workdir={run_dir}',
                '--dataset=image_folder', f'--manual_dir={folder}',
@@ -261,6 +271,73 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run):
   with pytest.raises(ext.MappingError, match=r"Cannot map the dataset's classes \['cats', "):
     ext.evaluate_external(str(run_dir), 'image_folder', manual_dir=str(odd),
                           data_dir=str(tmp / 'tfds'), out=str(tmp / 'odd_out'))
+
+
+@pytest.mark.slow
+def test_site_threshold_is_fitted_saved_and_used_by_evaluation_and_predict(ablation_run, outside_folder):
+  """--save_threshold fits the run's rule on the site's images; --threshold (the file or
+  a number) then decides evaluate_external and predict; other weights are refused."""
+  import csv
+  from spp_resnet.evaluation import metrics as M
+  from spp_resnet.inference import predict as predict_lib
+  from spp_resnet.inference import site_threshold
+  tmp, workdir, _ = ablation_run
+  run_dir = str(workdir / 'runs' / 'paper' / 'basic' / 'split0')
+  folder, _ = outside_folder
+  site = tmp / 'site' / 'a.json'
+  common = dict(manual_dir=str(folder), data_dir=str(tmp / 'tfds'))
+  fitted = ext.evaluate_external(run_dir, 'image_folder', out=str(tmp / 'site_fit'),
+                                 save_threshold=str(site), **common)
+  with open(tmp / 'site_fit' / 'predictions.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  probs = np.asarray([float(r['p_tumor']) for r in rows])
+  truth = np.asarray([r['true'] == 'tumor' for r in rows])
+  record = json.loads(site.read_text())
+  # The run's rule is a fixed 0.5: a site threshold is fitted by Youden's J instead.
+  assert fitted['threshold'] == 0.5 and record['rule'] == 'youden'
+  threshold = record['threshold']  # the CSV's probabilities have 9 significant digits
+  assert np.isclose(threshold, M.choose_threshold(probs, truth, 'youden'), rtol=1e-7)
+  assert threshold != 0.5
+  assert record['class_counts'] == {'no_tumor': 10, 'tumor': 10}
+  assert record['in_sample']['sensitivity'] == (probs[truth] >= threshold).mean()
+  assert 'Site threshold saved to' in (tmp / 'site_fit' / 'metrics.md').read_text()
+
+  at_site = ext.evaluate_external(run_dir, 'image_folder', out=str(tmp / 'site_eval'),
+                                  threshold=str(site), **common)
+  called = probs >= threshold
+  assert at_site['threshold'] == threshold
+  assert at_site['threshold_source'] == f'site threshold {site}'
+  assert at_site['confusion'] == [[int((~called & ~truth).sum()), int((called & ~truth).sum())],
+                                  [int((~called & truth).sum()), int((called & truth).sum())]]
+  assert ext.evaluate_external(run_dir, 'image_folder', out=str(tmp / 'site_eval'),
+                               threshold='1.0', **common)['metrics']['recall'] == 0.0
+
+  report = predict_lib.Predictor.from_workdir(run_dir, threshold=str(site)).predict(folder)
+  by_file = {os.path.basename(p.path): p for p in report.predictions}
+  for row in rows:
+    prediction = by_file[os.path.basename(row['filename'])]
+    np.testing.assert_allclose(prediction.probs[1], float(row['p_tumor']), atol=1e-5)
+    assert prediction.predicted == (float(row['p_tumor']) >= threshold)
+  assert report.threshold == threshold and report.run['threshold_source'].endswith('a.json')
+
+  # The file belongs to these weights: another model's, a bad number, no file: refused.
+  other = tmp / 'site' / 'other.json'
+  other.write_text(json.dumps({**record, 'weights_sha256': '0' * 16}))
+  for spec, why in ((other, 'fitted for other weights'), ('1.5', r'lies in \[0, 1\]'),
+                    (tmp / 'none.json', 'no such file'),
+                    (tmp / 'site_fit' / 'metrics.json', 'not a site threshold file')):
+    with pytest.raises(site_threshold.SiteThresholdError, match=why):
+      predict_lib.Predictor.from_workdir(run_dir, threshold=str(spec))
+  # One class only: no threshold to fit, nothing written.
+  tumors = tmp / 'tumors_only'
+  (tumors / 'Tumor').mkdir(parents=True)
+  for png in (folder / 'Tumor').glob('*.png'):
+    (tumors / 'Tumor' / png.name).write_bytes(png.read_bytes())
+  with pytest.raises(site_threshold.SiteThresholdError, match='both classes'):
+    ext.evaluate_external(run_dir, 'image_folder', manual_dir=str(tumors),
+                          data_dir=str(tmp / 'tfds'), out=str(tmp / 'tumors_out'),
+                          save_threshold=str(tmp / 'site' / 'b.json'))
+  assert not (tmp / 'site' / 'b.json').exists()
 
 
 @pytest.mark.slow

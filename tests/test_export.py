@@ -97,5 +97,11 @@ def test_export_a_run_writes_the_model_and_its_description(phantom_run, tmp_path
   default = export_lib.export(phantom_run)
   assert default == str(Path(phantom_run) / 'export' / 'model.jax_export')
   assert Path(default).stat().st_size > 1e6
+  # A site's own threshold (inference/site_threshold.py) goes into the description.
+  at_site = export_lib.export(phantom_run, out=str(tmp_path / 'site.jax_export'),
+                              threshold='0.25', platforms=('cpu',))
+  described = json.loads(Path(at_site + '.json').read_text())
+  assert described['threshold'] == 0.25
+  assert described['threshold_source'] == 'given on the command line'
   with pytest.raises(ValueError, match='--format'):
     export_lib.export(phantom_run, 'tflite')

@@ -29,6 +29,11 @@ labelled images per class of THIS dataset gives: over --refit_repeats random dra
 the N + N images, the threshold is fitted on them (the run's rule; Youden's J for a run
 with a fixed threshold) and the model measured on all the other images. The report adds
 the mean and the spread over the draws; the saved threshold and the run are unchanged.
+
+To deploy at that site: --save_threshold=FILE fits the threshold on ALL the evaluated
+images (the same rule) and writes it for these weights; --threshold=FILE (or a number)
+evaluates at it instead of the run's, e.g. on held-out images of the same site, and
+`spp_resnet.predict --threshold=FILE` predicts with it (`inference/site_threshold.py`).
 """
 
 from __future__ import annotations
@@ -60,11 +65,17 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
                       out: str = '', class_map: dict[str, str] | None = None,
                       ignore_classes: list[str] | None = None, step: int | None = None,
                       batch_size: int = 0, refit_threshold: int = 0, refit_repeats: int = 20,
+                      threshold: str = '', save_threshold: str = '',
                       argv: list[str] | None = None) -> dict:
-  """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`."""
+  """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`.
+
+  `threshold`: decide at this probability or site threshold file instead of the run's;
+  `save_threshold`: also fit a site threshold on these images and write it there.
+  """
   import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor below)
   from spp_resnet.data import batching, preprocess, sources  # pylint: disable=g-import-not-at-top
   from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
+  from spp_resnet.inference import site_threshold  # pylint: disable=g-import-not-at-top
   from spp_resnet.training import restore, train  # pylint: disable=g-import-not-at-top
 
   if jax.process_count() > 1:
@@ -80,6 +91,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   if not len(keep):
     raise MappingError('No images left to evaluate after --ignore_classes.')
   restored = restore.restore_for_inference(workdir, step)
+  if threshold:
+    restored = site_threshold.apply(restored, threshold)
   t0 = time.perf_counter()
   prep = preprocess.Preprocessor.from_config(config.data)
   images, labels = batching.preprocess_split(pooled.source, keep, prep)
@@ -99,6 +112,14 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   result.step = step = restored.step
   normalization = restored.normalization
   refit = _refit(result, config, refit_threshold, refit_repeats) if refit_threshold else None
+  command = ('python -m spp_resnet.experiments.evaluate_external '
+             + ' '.join((argv or sys.argv)[1:]))
+  counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}
+  site = None
+  if save_threshold:
+    site = site_threshold.fit(restored, result.probs[:, 1], result.labels, dataset=dataset,
+                              manual_dir=manual_dir, their_class_counts=counts,
+                              command=command)
   # Created only now: a mapping error or a missing checkpoint leaves no empty folder.
   slug = re.sub(r'[^A-Za-z0-9]+', '_', f'{dataset}_{os.path.basename(os.path.normpath(manual_dir))}'
                 if manual_dir else dataset).strip('_')
@@ -106,13 +127,10 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   os.makedirs(out, exist_ok=True)
 
   # ---- Reports.
-  counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}
   mapped = {name: (model_classes[m] if m >= 0 else '(left out)')
             for name, m in zip(pooled.class_names, mapping)}
   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   device = report.device()
-  command = ('python -m spp_resnet.experiments.evaluate_external '
-             + ' '.join((argv or sys.argv)[1:]))
   wall = time.perf_counter() - start
   header = [
       f'# {os.path.normpath(workdir)} on {dataset}'
@@ -123,12 +141,15 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'{config.model.backbone} {config.model.variant}, pooling {config.model.pooling}, '
       f'weights {config.pretrained.source or "random init"}), image size '
       f'{config.data.image_size}, input normalization {normalization}, decision '
-      f'threshold {_threshold_text(result.threshold, config)}',
+      f'threshold {_threshold_text(result.threshold, config, restored.threshold_source)}',
       f'- Evaluated: all {len(keep)} images of the dataset (every split); per class '
       f'{counts}', f'- Class mapping (theirs -> model): {mapped}',
       f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
   ]
   refit_text = _refit_text(refit) if refit else ''
+  if site:
+    site_threshold.write(site, save_threshold)
+    refit_text += _site_text(site, save_threshold)
   with open(os.path.join(out, 'metrics.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(header) + result.table() + '\n' + refit_text)
   intervals = {}
@@ -146,6 +167,10 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
              'command': command, 'date': now, 'device': device, 'wall_s': wall}
   if refit:
     summary['refit_threshold'] = refit
+  if restored.threshold_source:
+    summary['threshold_source'] = restored.threshold_source
+  if site:
+    summary['saved_threshold'] = {'path': save_threshold, **site}
   with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=1, allow_nan=True)
   filenames = np.asarray(pooled.metadata.get('filename', np.arange(len(ext_labels))))[keep]
@@ -177,22 +202,21 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   plots.plot_confusion(result.confusion, model_classes,
                        os.path.join(out, 'confusion_normalized.png'), normalize=True,
                        title=f'{dataset}: row-normalized')
-  print('\n'.join(header) + result.table() + ('\n' + refit_text if refit else ''))
+  print('\n'.join(header) + result.table() + ('\n' + refit_text if refit_text else ''))
   print(f'\nWritten to {out}')
   return summary
 
 
 def _refit(result, config, per_class: int, repeats: int) -> dict:
   """`metrics.refit_threshold` on this dataset, or {'skipped': why} where it cannot be."""
+  from spp_resnet.inference import site_threshold  # pylint: disable=g-import-not-at-top
   if result.probs.shape[1] != 2:
     return {'skipped': 'a multi-class model has no threshold'}
-  selection = config.get('selection', {})
-  rule = selection.get('threshold', 'fixed')
-  rule = rule if rule in ('youden', 'sensitivity') else 'youden'
+  rule, target = site_threshold.rule_of(config)
   try:
     return metrics_lib.refit_threshold(
         result.probs[:, 1], result.labels, per_class, rule, repeats=repeats,
-        target_sensitivity=float(selection.get('target_sensitivity', 0.9)))
+        target_sensitivity=target)
   except ValueError as e:  # e.g. a single-class dataset
     logging.warning('Threshold not refitted: %s', e)
     return {'skipped': str(e)}
@@ -214,9 +238,22 @@ def _refit_text(refit: dict) -> str:
       metrics_lib.markdown_table(['', 'mean', 'central 95% of draws'], rows), ''])
 
 
-def _threshold_text(threshold, config) -> str:
+def _site_text(site: dict, path: str) -> str:
+  rule = site['rule'] + (f' {site["target_sensitivity"]}' if 'target_sensitivity' in site else '')
+  fit = site['in_sample']
+  return (f'\n## Site threshold saved to {path}\n\n'
+          f'P(positive) >= {site["threshold"]:.4f} ({rule}), fitted on all '
+          f'{site["num_images"]} images above {site["class_counts"]}: sensitivity '
+          f'{fit["sensitivity"]:.4f}, specificity {fit["specificity"]:.4f} on those same '
+          'images (optimistic; --refit_threshold=N estimates it on held-out images). '
+          f'Use it with --threshold={path} here or in spp_resnet.predict.\n')
+
+
+def _threshold_text(threshold, config, source: str = '') -> str:
   if threshold is None:
     return 'none (argmax)'
+  if source:
+    return f'P(positive) >= {threshold:.4f} ({source})'
   rule = config.get('selection', {}).get('threshold', 'fixed')
   fitted = 'fitted on the run\'s validation split' if rule != 'fixed' else 'fixed'
   return f'P(positive) >= {threshold:.4f} ({rule}, {fitted})'
@@ -247,6 +284,11 @@ def _define_flags():
                        'refitted on this many labelled images per class of this dataset '
                        '(0 = no).')
   flags.DEFINE_integer('refit_repeats', 20, 'Random draws of those images.')
+  flags.DEFINE_string('threshold', '', "Decide at this P(positive), or at a site threshold "
+                      "file (--save_threshold), instead of the run's saved threshold.")
+  flags.DEFINE_string('save_threshold', '', 'Fit a threshold on all these images (the '
+                      "run's rule) and write it to this JSON file, for --threshold here and "
+                      'in spp_resnet.predict.')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -255,13 +297,15 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.refit_threshold < 0 or FLAGS.refit_repeats < 1:
     raise app.UsageError('--refit_threshold must be >= 0 and --refit_repeats >= 1.')
-  with cli.exit_on_user_error(MappingError):
+  from spp_resnet.inference import site_threshold  # pylint: disable=g-import-not-at-top
+  with cli.exit_on_user_error(MappingError, site_threshold.SiteThresholdError):
     evaluate_external(FLAGS.workdir, FLAGS.dataset, manual_dir=FLAGS.manual_dir,
                       data_dir=FLAGS.data_dir, out=FLAGS.out,
                       class_map=_parse_map(FLAGS.class_map),
                       ignore_classes=FLAGS.ignore_classes, step=FLAGS.step,
                       batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
-                      refit_repeats=FLAGS.refit_repeats, argv=sys.argv)
+                      refit_repeats=FLAGS.refit_repeats, threshold=FLAGS.threshold,
+                      save_threshold=FLAGS.save_threshold, argv=sys.argv)
 
 
 def run():

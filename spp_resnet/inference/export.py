@@ -38,6 +38,7 @@ import numpy as np
 
 from spp_resnet import cli
 from spp_resnet.data import phantom
+from spp_resnet.inference import site_threshold
 from spp_resnet.training import restore
 from spp_resnet.training import train as train_lib
 
@@ -67,6 +68,7 @@ def describe(restored, model_format: str) -> dict:
       'step': restored.step, 'model': restored.description,
       'class_names': restored.class_names,
       'threshold': restored.threshold,
+      **({'threshold_source': restored.threshold_source} if restored.threshold_source else {}),
       'decision': (f'P({restored.class_names[1]}) >= threshold' if restored.threshold
                    is not None else 'argmax'),
       'input': {'name': 'images', 'dtype': 'uint8',
@@ -202,12 +204,16 @@ def sample_images(restored, count: int = 8) -> np.ndarray:
 
 
 def export(workdir: str, model_format: str = 'stablehlo', out: str = '', *,
-           step: int | None = None, platforms: Sequence[str] = ('cpu', 'cuda', 'tpu')) -> str:
+           step: int | None = None, platforms: Sequence[str] = ('cpu', 'cuda', 'tpu'),
+           threshold: str = '') -> str:
   """Writes WORKDIR's model as `model_format` to `out` (default WORKDIR/export/model.*)
-  and its description to OUT.json; returns `out`."""
+  and its description to OUT.json; returns `out`. `threshold`: the decision threshold
+  OUT.json gives instead of the run's (a probability or a site threshold file)."""
   if model_format not in FORMATS:
     raise ValueError(f'--format must be one of {sorted(FORMATS)}, got {model_format!r}')
   restored = restore.restore_for_inference(workdir, step)
+  if threshold:
+    restored = site_threshold.apply(restored, threshold)
   out = out or os.path.join(workdir, 'export', 'model' + FORMATS[model_format])
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if model_format == 'stablehlo':
@@ -232,6 +238,9 @@ def _define_flags():
   flags.DEFINE_string('out', '', 'Output file (default WORKDIR/export/model.jax_export '
                       'or model.onnx).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the kept or latest one).')
+  flags.DEFINE_string('threshold', '', "The decision threshold OUT.json gives: a P(positive) "
+                      'or a site threshold file (evaluate_external --save_threshold); '
+                      "default the run's.")
   flags.DEFINE_list('platforms', ['cpu', 'cuda', 'tpu'], 'stablehlo: the platforms to '
                     'lower for.')
   flags.mark_flags_as_required(['workdir'])
@@ -242,7 +251,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   with cli.exit_on_user_error(ValueError, ImportError):
     out = export(FLAGS.workdir, FLAGS.format, FLAGS.out, step=FLAGS.step,
-                 platforms=FLAGS.platforms)
+                 platforms=FLAGS.platforms, threshold=FLAGS.threshold)
   print(f'Written {out} and {out}.json')
 
 

@@ -5,7 +5,9 @@ r"""Predictions of a trained run for unlabelled scans: files, folders or arrays.
 PATHs are files or folders (searched recursively): PNG/JPEG/TIFF/BMP, DICOM, NIfTI and
 figshare `.mat` files (`spp_resnet.inference.readers`). Each slice is preprocessed as the
 run's training images were (`RestoredModel.prepare`) and classified in fixed-size batches
-(the last one padded: one compile), on device, at the run's decision threshold.
+(the last one padded: one compile), on device, at the run's decision threshold, or at
+--threshold: a probability, or a site threshold fitted on labelled images of the site
+(`evaluate_external --save_threshold`, `inference/site_threshold.py`).
 
 Output (--out, default WORKDIR/predictions/predictions.csv):
 - CSV: one row per slice: path, slice (frame or slice number; empty for a 2-D file),
@@ -46,6 +48,7 @@ import numpy as np
 from spp_resnet import cli
 from spp_resnet.inference import gradcam as gradcam_lib
 from spp_resnet.inference import readers
+from spp_resnet.inference import site_threshold
 from spp_resnet.training import parallel
 from spp_resnet.training import restore
 
@@ -180,9 +183,14 @@ class Predictor:
     self._gradcam = None
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: int | None = None, **kwargs) -> Predictor:
-    """The run's kept checkpoint and threshold (`restore.restore_for_inference`)."""
-    return cls(restore.restore_for_inference(workdir, step), **kwargs)
+  def from_workdir(cls, workdir: str, step: int | None = None, *, threshold: str = '',
+                   **kwargs) -> Predictor:
+    """The run's kept checkpoint and threshold (`restore.restore_for_inference`);
+    `threshold`: a probability or site threshold file to decide at instead."""
+    restored = restore.restore_for_inference(workdir, step)
+    if threshold:
+      restored = site_threshold.apply(restored, threshold)
+    return cls(restored, **kwargs)
 
   @property
   def class_names(self) -> list[str]:
@@ -198,7 +206,9 @@ class Predictor:
     inputs = list(inputs)
     report = Report(self.class_names, self.restored.threshold, [], [], run={
         'workdir': self.restored.workdir, 'step': self.restored.step,
-        'model': self.restored.description})
+        'model': self.restored.description,
+        **({'threshold_source': self.restored.threshold_source}
+           if self.restored.threshold_source else {})})
     cam_target = None
     if cam_class:
       if cam_class not in self.class_names:
@@ -316,6 +326,8 @@ def _define_flags():
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the kept or latest one).')
   flags.DEFINE_integer('batch_size', 32, 'Slices per device batch.')
   flags.DEFINE_bool('cam', False, 'Also write Grad-CAM overlays (PNG) to OUT_DIR/gradcam/.')
+  flags.DEFINE_string('threshold', '', "Decide at this P(positive), or at a site threshold "
+                      "file (evaluate_external --save_threshold), instead of the run's.")
   flags.DEFINE_string('cam_class', '', 'The class the Grad-CAM explains (default: the '
                       'predicted one).')
   flags.DEFINE_string('dicom_window', 'file', "DICOM VOI window: 'file' (the file's own), "
@@ -333,7 +345,7 @@ def main(argv):
   with cli.exit_on_user_error(ValueError, ImportError):
     axis = FLAGS.nifti_axis
     predictor = Predictor.from_workdir(
-        FLAGS.workdir, FLAGS.step, batch_size=FLAGS.batch_size,
+        FLAGS.workdir, FLAGS.step, threshold=FLAGS.threshold, batch_size=FLAGS.batch_size,
         dicom_window=readers.parse_window(FLAGS.dicom_window),
         nifti_axis=int(axis) if axis.isdigit() else axis)
     out = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions', 'predictions.csv')

@@ -128,6 +128,8 @@ class RestoredModel:
   # An ensemble: its members' workdirs; `weights` are theirs, stacked on a leading axis,
   # and `step` is None (each member's is in `selection['members']`).
   member_workdirs: tuple[str, ...] = ()
+  # Where `threshold` is from when not from the run itself (`site_threshold.apply`).
+  threshold_source: str = ''
   _probs: Any = dataclasses.field(default=None, repr=False)
 
   @property
