@@ -370,7 +370,10 @@ def _baseline_section(result: dict) -> list[str]:
           'Each run\'s ROC AUC minus that of the baseline trained on the same data, on '
           'the same test images, with a 95% paired stratified bootstrap interval (both '
           'models scored on each of 2000 resamples of the images): an interval above 0 '
-          f'says the run ranks that test set better. "{NA}": no ROC AUC on that test set.',
+          'says this run ranks that test set better than that baseline run. It covers '
+          'which images were drawn, not which seeds trained the models: two runs of one '
+          'config can differ by more (docs/results.md), so compare configs over several '
+          f'seeds. "{NA}": no ROC AUC on that test set.',
           '', metrics_lib.markdown_table(['train \\ test', 'baseline'] + names, rows), '']
 
 
