@@ -27,7 +27,8 @@ TINY = [
     '--config.num_epochs=3',
     '--config.log_every_steps=5',
     '--config.checkpoint_every_steps=4',
-    '--config.keep_checkpoints=100',
+    # Two kept: a resumed run needs one; 100+ MB each, and the suite's disk use counts.
+    '--config.keep_checkpoints=2',
 ]
 
 
@@ -79,7 +80,9 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   workdir = tmp_path / 'learn'
   # Adam: the phantom's SGD at lr 0.01 needs more than 3 epochs at 32 px (1 x 1 maps).
   adam = ['--config.optimizer.name=adam', '--config.optimizer.learning_rate=1e-3']
-  run_main(workdir, *adam, '--config.profile_steps=(2,3)')
+  # 75 steps: checkpoints at 25, 50 and 75, all kept (--step picks an older one below).
+  every_25 = ['--config.checkpoint_every_steps=25', '--config.keep_checkpoints=3']
+  run_main(workdir, *adam, *every_25, '--config.profile_steps=(2,3)')
   history = read_metrics(workdir)
   assert [row['epoch'] for row in history] == [1, 2, 3]
   assert list((workdir / 'profile').glob('plugins/profile/*/*.xplane.pb'))
@@ -100,7 +103,7 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   assert all(timing[k] >= 0 for k in phases) and timing['compile'] > 0 < timing['train']
   assert sum(timing[k] for k in phases) <= timing['total'] + 0.01
   # --mode=eval restores the checkpoint and reproduces the last reported metrics exactly.
-  evaluation = run_main(workdir, *adam, mode='eval')
+  evaluation = run_main(workdir, *adam, *every_25, mode='eval')
   for key in ('accuracy', 'f1', 'roc_auc', 'specificity'):
     value = history[-1][f'test/{key}']
     assert f'{value:.4f}' in evaluation.stdout, (key, value, evaluation.stdout)
@@ -108,8 +111,8 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   # checkpoint; a field that changes the model is refused in one line.
   own = run_main(workdir, mode='eval', config=None)
   assert evaluation.stdout.split('Checkpoint step')[1] == own.stdout.split('Checkpoint step')[1]
-  at_4 = run_main(workdir, mode='eval', config=None, extra=['--step=4'])
-  assert 'Checkpoint step 4 on test' in at_4.stdout
+  at_25 = run_main(workdir, mode='eval', config=None, extra=['--step=25'])
+  assert 'Checkpoint step 25 on test' in at_25.stdout
   refused = run_main(workdir, '--config.model.head_hidden=(16,)', mode='eval', check=False)
   assert refused.returncode == 2
   assert refused.stderr.strip().splitlines()[-1].startswith(
@@ -131,7 +134,8 @@ def test_training_learns_and_eval_restores_metrics(tmp_path):
   # Re-running the workdir with a config that trains something else is refused in one
   # line, before anything in it is touched.
   saved = (workdir / 'config.json').read_text()
-  other = run_main(workdir, *adam, '--config.model.head_hidden=(16,)', check=False)
+  other = run_main(workdir, *adam, *every_25, '--config.model.head_hidden=(16,)',
+                   check=False)
   assert other.returncode == 2
   assert other.stderr.strip().splitlines()[-1].startswith('error: ')
   # (TINY has head_hidden=(32,): the last override wins, it is not appended to.)
