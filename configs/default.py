@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Not in the paper: crop each slice to the square around the head before resizing, so
   # a brain fills the frame whatever its source's field of view (preprocess.py).
   data.crop_foreground = False
+  # Not in the paper: replace the head's intensities by their rank (histogram
+  # equalization), so a source's contrast and brightness leave no trace (preprocess.py).
+  data.equalize = False
   # Input normalization expected by the weights: 'auto' takes it from the pretrained
   # weights (Keras: caffe BGR; torchvision: imagenet mean/std); else 'none', 'imagenet',
   # 'caffe'.

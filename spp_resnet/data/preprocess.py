@@ -7,7 +7,9 @@ Host side, once per image (`preprocess_image`), in the paper's order:
      values outside are clipped ((0, 100) = no stretching, i.e. step 1 alone);
   3. resize to S x S (PIL, float mode, antialiased bilinear filter);
   4. quantization to uint8.
-Steps 1 and 2 are both affine maps followed by a clip, so they are applied as one.
+Steps 1 and 2 are both affine maps followed by a clip, so they are applied as one. Two
+options, not in the paper, come between 2 and 3: cropping to the square around the head
+(`foreground_square`) and equalizing the head's histogram (`equalize_foreground`).
 Quantizing to uint8 makes the in-memory cache and the host->device transfer 4x smaller
 than float32; the error it adds is at most 0.5/255 (< 1/255) of the [0, 1] range, below
 the JPEG quantization noise already in the sources and far below what the network
@@ -118,13 +120,39 @@ def foreground_square(x: np.ndarray, threshold: float = 0.1,
   return x[top + pad:top + pad + side, left + pad:left + pad + side]
 
 
+def equalize_foreground(x: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+  """Histogram equalization of the head in `x` ([0, 1] intensities): each pixel above
+  `threshold` becomes its mid-rank among them, divided by their number (in (0, 1)); the
+  background becomes 0.
+
+  The result depends only on the order of the head's intensities, so any increasing
+  change of them (a scanner's gain, window or gamma) gives the same image: MRI
+  intensities have no absolute scale, and sources differ in exactly these. An image with
+  almost no foreground (< 1%) is returned unchanged.
+  """
+  mask = x > threshold
+  values = x[mask]
+  if len(values) < 0.01 * x.size:
+    return x
+  ordered = np.sort(values)
+  # Mid-rank: ties (flat regions, 8-bit sources) share the mean of their ranks.
+  below = np.searchsorted(ordered, values, side='left')
+  upto = np.searchsorted(ordered, values, side='right')
+  out = np.zeros_like(x)
+  out[mask] = (below + upto) * np.float32(0.5 / len(values))
+  return out
+
+
 def preprocess_image(image: np.ndarray, image_size: int,
                      contrast_percentiles: Sequence[float] = (0.0, 100.0),
-                     crop_foreground: bool = False) -> np.ndarray:
+                     crop_foreground: bool = False,
+                     equalize: bool = False) -> np.ndarray:
   """HxW[x1] uint8/uint16 (any real dtype) image -> uint8 [S, S, 1]; see module docstring.
 
   `crop_foreground`: crop to the square around the head first (`foreground_square`), so
   that a brain fills the frame whatever the field of view and border of its source.
+  `equalize`: then equalize the head's histogram (`equalize_foreground`), so that its
+  intensities do not depend on the source's contrast and brightness.
   """
   gray = _to_gray(image)
   lo, hi = intensity_window(gray, contrast_percentiles)
@@ -136,6 +164,8 @@ def preprocess_image(image: np.ndarray, image_size: int,
     x = np.zeros_like(x)
   if crop_foreground:
     x = np.ascontiguousarray(foreground_square(x))
+  if equalize:
+    x = equalize_foreground(x)
   if x.shape != (image_size, image_size):
     # PIL's BILINEAR widens its kernel when downsampling (antialiasing) and never
     # overshoots, so the result stays in [0, 1].
@@ -152,17 +182,19 @@ class Preprocessor:
   image_size: int
   contrast_percentiles: tuple[float, float]
   crop_foreground: bool = False
+  equalize: bool = False
 
   @classmethod
   def from_config(cls, data_config) -> 'Preprocessor':
     """The preprocessing of `config.data` (runs saved before a field existed: its default)."""
     return cls(int(data_config.image_size),
                tuple(float(p) for p in data_config.contrast_percentiles),
-               bool(data_config.get('crop_foreground', False)))
+               bool(data_config.get('crop_foreground', False)),
+               bool(data_config.get('equalize', False)))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     return preprocess_image(image, self.image_size, self.contrast_percentiles,
-                            self.crop_foreground)
+                            self.crop_foreground, self.equalize)
 
 
 def to_model_input(images, normalization: str):
