@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   # a brain fills the frame whatever its source's field of view (preprocess.py).
   data.crop_foreground = False
   # Not in the paper: replace the head's intensities by their rank (histogram
-  # equalization), so a source's contrast and brightness leave no trace (preprocess.py).
+  # equalization), so a source's contrast and brightness matter less (preprocess.py).
+  # Measured: it ranked other sources below chance (docs/results.md); off everywhere.
   data.equalize = False
   # Input normalization expected by the weights: 'auto' takes it from the pretrained
   # weights (Keras: caffe BGR; torchvision: imagenet mean/std); else 'none', 'imagenet',

@@ -125,10 +125,11 @@ def equalize_foreground(x: np.ndarray, threshold: float = 0.1) -> np.ndarray:
   `threshold` becomes its mid-rank among them, divided by their number (in (0, 1)); the
   background becomes 0.
 
-  The result depends only on the order of the head's intensities, so any increasing
-  change of them (a scanner's gain, window or gamma) gives the same image: MRI
-  intensities have no absolute scale, and sources differ in exactly these. An image with
-  almost no foreground (< 1%) is returned unchanged.
+  The result depends only on the order of the head's intensities, so an increasing
+  change of them (a gamma, a window) that keeps the same pixels above `threshold` gives
+  the same image: MRI intensities have no absolute scale, and sources differ in such
+  changes. An image with almost no foreground (< 1%) is returned unchanged. Measured on
+  transfer between sources it hurt (docs/results.md, "Histogram equalization").
   """
   mask = x > threshold
   values = x[mask]
