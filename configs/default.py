@@ -136,6 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = loss = ml_collections.ConfigDict()
   loss.label_smoothing = 0.0
   loss.class_weights = 'none'  # 'balanced': weight classes by N / (K * class count)
+  # > 0: mixup (Zhang et al. 2018), each training image blended with another, weight
+  # ~ Beta(alpha, alpha), and the loss with their labels likewise; e.g. 0.2. 0 = off.
+  loss.mixup_alpha = 0.0
 
   # ---- Model selection (needs data.split.val_fraction > 0, except 'fixed') -------------
   config.selection = selection = ml_collections.ConfigDict()

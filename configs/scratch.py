@@ -63,8 +63,9 @@ LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap
           'size224', 'resnet50', 'no_crop')
 # Not levers of the recipe ablation: `ssl` needs an SSL run (--config.pretrained.path);
 # `plain` turns off everything the recipe adds but the crop; `ema` evaluates a moving
-# average of the weights; `ensemble` trains 3 seeds and averages them (see the docstring).
-OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble')
+# average of the weights; `ensemble` trains 3 seeds and averages them (see the docstring);
+# `mixup` blends training images and their labels (loss.mixup_alpha).
+OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble', 'mixup')
 PLAIN = ('paper_augment', 'no_label_smoothing', 'no_class_weights')  # turned off by `plain`
 
 
@@ -147,6 +148,8 @@ def get_config(levers: str = ''):
       opt.ema_decay = 0.98
     elif lever == 'ensemble':
       config.ensemble_size = 3
+    elif lever == 'mixup':
+      config.loss.mixup_alpha = 0.2  # Zhang et al.'s ImageNet value
     elif lever == 'resnet50':
       model.backbone = 'resnet50'
       model.head_hidden = (512,)

@@ -194,6 +194,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= loss.label_smoothing < 1.0, 'loss.label_smoothing', 'must be in [0, 1)',
            loss.label_smoothing)
   _choice(config, 'loss.class_weights', ('none', 'balanced'))
+  _require(loss.get('mixup_alpha', 0.0) >= 0.0, 'loss.mixup_alpha', 'must be >= 0 (0 = off)',
+           loss.get('mixup_alpha', 0.0))
 
   from spp_resnet.evaluation import metrics  # Deferred, like the models.
   sel = config.selection

@@ -18,7 +18,7 @@ def test_shipped_configs_are_valid():
   validate(default.get_config())
   validate(phantom.get_config())
   validate(scratch.get_config())
-  for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble'):  # 'ssl' needs an SSL run
+  for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble', 'mixup'):  # 'ssl' needs an SSL run
     validate(scratch.get_config(lever))
   recommended = scratch.get_config('plain,ema,ensemble')
   assert (recommended.ensemble_size, recommended.optimizer.ema_decay) == (3, 0.98)
@@ -53,6 +53,7 @@ def test_the_last_override_of_a_field_wins():
     ('selection.threshold', 'youden', 'needs a validation split'),
     ('selection.metric', 'auc', "must be one of 'roc_auc'"),
     ('loss.class_weights', 'inverse', "must be one of 'none', 'balanced'"),
+    ('loss.mixup_alpha', -0.2, 'must be >= 0'),
     ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < low <= high <= 1'),
     ('profile_steps', (5, 2), 'must be (first, last) train steps'),
     ('seed', 2**31, 'must be an integer in [0, 2**31)'),

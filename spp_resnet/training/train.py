@@ -121,6 +121,37 @@ def classification_loss(logits: jax.Array, labels: jax.Array,
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def mixup(images: jax.Array, rng: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Mixup (Zhang et al., 2018): example i becomes lam_i x_i + (1 - lam_i) x_partner(i),
+  lam_i ~ Beta(alpha, alpha), the partner being the batch in reverse order.
+
+  Returns the mixed images and lam [B]; the loss mixes the two labels' losses with the
+  same weights. Reversing (not a random permutation) keeps it a fixed, cheap reshuffle
+  that also works on a batch sharded across devices.
+  """
+  lam = jax.random.beta(rng, alpha, alpha, (images.shape[0],), jnp.float32)
+  weight = lam[:, None, None, None]  # images [B, H, W, C]
+  return (weight * images + (1.0 - weight) * images[::-1]).astype(images.dtype), lam
+
+
+def training_loss(logits: jax.Array, targets: list[tuple[jax.Array, Any]],
+                  label_smoothing: float = 0.0,
+                  weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """The objective and the per-example loss [B] of a training batch.
+
+  `targets`: (labels [B], share) terms, share a scalar or [B]: [(labels, 1.0)], or under
+  mixup [(labels, lam), (partner labels, 1 - lam)]. The per-example loss is the shares'
+  mix of the terms' losses; the objective its mean, or with class `weights` [K] the mean
+  weighted by share x the label's class weight.
+  """
+  losses = [classification_loss(logits, y, label_smoothing) for y, _ in targets]
+  loss = sum(share * term for (_, share), term in zip(targets, losses))
+  if weights is None:
+    return loss.mean(), loss
+  w = [share * weights[y] for y, share in targets]
+  return sum((wi * term).sum() for wi, term in zip(w, losses)) / sum(wi.sum() for wi in w), loss
+
+
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray | None:
   """Per-class loss weights: None for 'none'; 'balanced' = N / (K * count of the class),
   so every class contributes equally to the loss (as scikit-learn's 'balanced')."""
@@ -196,6 +227,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   """`loss_weights` [K]: per-class weights of the training loss (None = equal)."""
   augment = augment_lib.AugmentSpec.from_config(config.data.augment)
   smoothing = float(config.get('loss', {}).get('label_smoothing', 0.0))  # older runs: none
+  mixup_alpha = float(config.get('loss', {}).get('mixup_alpha', 0.0))
   weights = None if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
   update_batch_stats = not config.freeze.batch_stats
   # Frozen stages normalize with, and keep, their running statistics.
@@ -208,22 +240,25 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: Batch, seed: jax.Array) -> TrainState:
     # Keys depend only on the seed and the step: a resumed run draws the same
     # augmentation and dropout.
-    aug_key, dropout_key = jax.random.split(
-        jax.random.fold_in(jax.random.key(seed), state.step))
+    step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    aug_key, dropout_key = jax.random.split(step_key)
+    mixup_key = jax.random.fold_in(step_key, 1)  # leaves the other two keys as they were
     # Augment the uint8 single-channel batch: 12x fewer bytes than the model input.
     images = model_input(augment(batch['image'], aug_key))
     labels = batch['label']
+    # (labels, weight of each example's loss on them): one term, or two under mixup.
+    targets = [(labels, 1.0)]
+    if mixup_alpha:
+      images, lam = mixup(images, mixup_key, mixup_alpha)
+      targets = [(labels, lam), (labels[::-1], 1.0 - lam)]
 
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
 
     def loss_fn(model):
       logits = model(images, train=True, batch_norm_train=update_batch_stats,
                      frozen_stages=frozen_stages, rngs=nnx.Rngs(dropout=dropout_key))
-      loss = classification_loss(logits, labels, smoothing)
-      if weights is None:
-        return loss.mean(), (logits, loss)
-      w = weights[labels]
-      return (w * loss).sum() / w.sum(), (logits, loss)
+      objective, loss = training_loss(logits, targets, smoothing, weights)
+      return objective, (logits, loss)
 
     # nnx.grad (not jax.grad) lets BatchNorm update its statistics in place.
     grads, (logits, losses) = nnx.grad(
