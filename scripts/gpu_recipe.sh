@@ -3,7 +3,7 @@
 # sections, as one prepared script for a single ~10-minute call on a lent GPU:
 #   1. looks for cached ImageNet ResNet-50 weights (torch hub, timm/Hugging Face, Keras);
 #   2. the recipe (configs/scratch.py, with the head crop since 2026-11-30), its `plain`
-#      preset (the better at 64 px on the CPU; with `ema,ensemble`: the recommended model) and its lever
+#      preset (the better at 64 px on the CPU; with `ema,ensemble,mixup`: the recommended model) and its lever
 #      ablation (no_crop first), trained on Bhuvaji's set (binarized), each selected on
 #      its own validation split;
 #   3. the paper's setting without ImageNet weights on the same split, as the baseline,
@@ -93,10 +93,10 @@ if [[ -n $rc && $rc != 0 && $rc != 124 ]]; then  # a broken setup: return at onc
   tail -n 40 "$OUT/logs/recipe.log"; exit 1
 fi
 stage paper 120 python3 main.py $PAPER --workdir=$RUNS/paper $SARTAJ $EXTRA
-# The recommended model: `plain` (the better of the two at 64 px on the CPU) with the
-# moving average of its weights, as an ensemble of 3 seeds (each member is also a single
-# run of the matrix below).
-LIMIT=240 recipe recipe-plain plain,ema,ensemble
+# The recommended model: `plain` (the better of the two at 64 px on the CPU) with mixup
+# and the moving average of its weights, as an ensemble of 3 seeds (each member is also
+# a single run of the matrix below).
+LIMIT=240 recipe recipe-plain plain,ema,ensemble,mixup
 for lever in no_crop paper_augment no_class_weights gap no_label_smoothing; do
   recipe "recipe-$lever" $lever
 done
@@ -114,7 +114,7 @@ recipe recipe-extval '' --config.data.dataset=mix --config.data.split.val_fracti
   --config.data.mix="brain_tumor_mri/binary=$D/sartaj;image_folder=$D/figshare_jpg;brain_tumor=$D/bohaju" \
   --config.data.split.val_dataset=brain_tumor
 stage bohaju-recipe 60 python3 main.py --config=configs/scratch.py --workdir=$RUNS/bohaju-recipe $BOHAJU $GPU $EXTRA
-stage bohaju-plain 200 python3 main.py --config=configs/scratch.py:plain,ema,ensemble \
+stage bohaju-plain 200 python3 main.py --config=configs/scratch.py:plain,ema,ensemble,mixup \
   --workdir=$RUNS/bohaju-plain $BOHAJU $GPU $EXTRA
 stage bohaju-paper 80 python3 main.py $PAPER --workdir=$RUNS/bohaju-paper $BOHAJU $EXTRA
 # 7. BYOL on every image outside the recipe's validation and test splits (its own data

@@ -20,8 +20,9 @@ def test_shipped_configs_are_valid():
   validate(scratch.get_config())
   for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble', 'mixup'):  # 'ssl' needs an SSL run
     validate(scratch.get_config(lever))
-  recommended = scratch.get_config('plain,ema,ensemble')
-  assert (recommended.ensemble_size, recommended.optimizer.ema_decay) == (3, 0.98)
+  recommended = scratch.get_config('plain,ema,ensemble,mixup')
+  assert (recommended.ensemble_size, recommended.optimizer.ema_decay,
+          recommended.loss.mixup_alpha) == (3, 0.98, 0.2)
 
 
 def test_the_last_override_of_a_field_wins():
