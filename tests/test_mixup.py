@@ -10,25 +10,43 @@ from spp_resnet.training import train as train_lib
 from tests import test_train
 
 
-def test_each_image_is_blended_with_its_partner_in_reverse_order():
+def test_each_image_is_blended_with_its_partner_and_their_labels_alike():
   images = jax.random.uniform(jax.random.key(0), (6, 5, 5, 3))
-  mixed, lam = train_lib.mixup(images, jax.random.key(1), 0.4)
+  labels = jnp.array([0, 1, 1, 0, 1, 1])
+  mixed, targets = train_lib.mixup(images, labels, jax.random.key(1), 0.4)
+  (first, lam), (partner, rest) = targets
   lam = np.asarray(lam)
   assert lam.shape == (6,) and ((lam >= 0) & (lam <= 1)).all()
+  np.testing.assert_allclose(rest, 1 - lam, rtol=1e-6)
   x = np.asarray(images)
   expected = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[::-1]
   np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-6)
+  # Each image's second label is that of the image blended into it.
+  np.testing.assert_array_equal(first, labels)
+  np.testing.assert_array_equal(partner, np.asarray(labels)[::-1])
 
 
 def test_small_alpha_keeps_most_images_close_to_one_of_the_two():
   # Beta(0.2, 0.2) is U-shaped: most weights near 0 or 1; Beta(1, 1) is uniform.
-  ones = jnp.ones((4000, 1, 1, 1))
-  _, small = train_lib.mixup(ones, jax.random.key(2), 0.2)
-  _, uniform = train_lib.mixup(ones, jax.random.key(2), 1.0)
+  ones, labels = jnp.ones((4000, 1, 1, 1)), jnp.zeros(4000, jnp.int32)
+  small = np.asarray(train_lib.mixup(ones, labels, jax.random.key(2), 0.2)[1][0][1])
+  uniform = np.asarray(train_lib.mixup(ones, labels, jax.random.key(2), 1.0)[1][0][1])
   near_edge = lambda lam: float(np.mean(np.minimum(lam, 1 - lam) < 0.1))
-  assert near_edge(np.asarray(small)) > 0.5
-  assert near_edge(np.asarray(uniform)) == pytest.approx(0.2, abs=0.03)
+  assert near_edge(small) > 0.5
+  assert near_edge(uniform) == pytest.approx(0.2, abs=0.03)
   assert float(np.mean(uniform)) == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_mixup_key_is_one_no_other_draw_uses():
+  aug, dropout, mix = train_lib.step_keys(jnp.int32(0), jnp.int32(7))
+  data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in (aug, dropout, mix)]
+  # Nor may it be the parent of a split the others come from (jax.random.beta splits).
+  data += [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in jax.random.split(mix)]
+  assert len(set(data)) == len(data)
+  # The augmentation and dropout keys are those of runs before mixup existed.
+  before = jax.random.split(jax.random.fold_in(jax.random.key(0), 7))
+  for new, old in zip((aug, dropout), before):
+    np.testing.assert_array_equal(jax.random.key_data(new), jax.random.key_data(old))
 
 
 def _log_sigmoid(z):
@@ -46,6 +64,19 @@ def test_mixed_sigmoid_loss_is_cross_entropy_on_the_mixed_target():
   expected = -(target * _log_sigmoid(z) + (1 - target) * _log_sigmoid(-z))
   np.testing.assert_allclose(per_example, expected, rtol=1e-5)
   np.testing.assert_allclose(objective, expected.mean(), rtol=1e-5)
+
+
+def test_mixed_loss_with_label_smoothing_smooths_the_mixed_target():
+  logits = np.array([[1.5], [-0.7], [0.1]], np.float32)
+  labels = np.array([1, 0, 0])
+  lam = np.array([0.6, 0.3, 0.9], np.float32)
+  _, per_example = train_lib.training_loss(
+      jnp.asarray(logits), [(jnp.asarray(labels), lam), (jnp.asarray(labels[::-1]), 1 - lam)],
+      label_smoothing=0.1)
+  target = (lam * labels + (1 - lam) * labels[::-1]) * 0.9 + 0.05
+  z = logits[:, 0]
+  expected = -(target * _log_sigmoid(z) + (1 - target) * _log_sigmoid(-z))
+  np.testing.assert_allclose(per_example, expected, rtol=1e-5)
 
 
 def test_mixed_softmax_loss_is_cross_entropy_on_the_mixed_target():

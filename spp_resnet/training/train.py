@@ -121,17 +121,31 @@ def classification_loss(logits: jax.Array, labels: jax.Array,
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def mixup(images: jax.Array, rng: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+_MIXUP_SALT = 0x6d697875  # folded into the step key: a key no other draw uses
+
+
+def step_keys(seed: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(augmentation, dropout, mixup) keys of a training step: depend only on the seed and
+  the step, so a resumed run draws the same. The mixup key is salted, not split off, so
+  the other two are the keys runs before mixup existed drew."""
+  step_key = jax.random.fold_in(jax.random.key(seed), step)
+  aug_key, dropout_key = jax.random.split(step_key)
+  return aug_key, dropout_key, jax.random.fold_in(step_key, _MIXUP_SALT)
+
+
+def mixup(images: jax.Array, labels: jax.Array, rng: jax.Array,
+          alpha: float) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
   """Mixup (Zhang et al., 2018): example i becomes lam_i x_i + (1 - lam_i) x_partner(i),
   lam_i ~ Beta(alpha, alpha), the partner being the batch in reverse order.
 
-  Returns the mixed images and lam [B]; the loss mixes the two labels' losses with the
-  same weights. Reversing (not a random permutation) keeps it a fixed, cheap reshuffle
-  that also works on a batch sharded across devices.
+  Returns the mixed images and the targets of `training_loss`: [(labels, lam),
+  (partner labels, 1 - lam)]. Reversing (not a random permutation) keeps it a fixed,
+  cheap reshuffle that also works on a batch sharded across devices.
   """
   lam = jax.random.beta(rng, alpha, alpha, (images.shape[0],), jnp.float32)
   weight = lam[:, None, None, None]  # images [B, H, W, C]
-  return (weight * images + (1.0 - weight) * images[::-1]).astype(images.dtype), lam
+  mixed = (weight * images + (1.0 - weight) * images[::-1]).astype(images.dtype)
+  return mixed, [(labels, lam), (labels[::-1], 1.0 - lam)]
 
 
 def training_loss(logits: jax.Array, targets: list[tuple[jax.Array, Any]],
@@ -240,17 +254,14 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: Batch, seed: jax.Array) -> TrainState:
     # Keys depend only on the seed and the step: a resumed run draws the same
     # augmentation and dropout.
-    step_key = jax.random.fold_in(jax.random.key(seed), state.step)
-    aug_key, dropout_key = jax.random.split(step_key)
-    mixup_key = jax.random.fold_in(step_key, 1)  # leaves the other two keys as they were
+    aug_key, dropout_key, mixup_key = step_keys(seed, state.step)
     # Augment the uint8 single-channel batch: 12x fewer bytes than the model input.
     images = model_input(augment(batch['image'], aug_key))
     labels = batch['label']
     # (labels, weight of each example's loss on them): one term, or two under mixup.
     targets = [(labels, 1.0)]
     if mixup_alpha:
-      images, lam = mixup(images, mixup_key, mixup_alpha)
-      targets = [(labels, lam), (labels[::-1], 1.0 - lam)]
+      images, targets = mixup(images, labels, mixup_key, mixup_alpha)
 
     model = nnx.merge(graphdef, state.params, state.frozen, state.batch_stats)
 
@@ -273,6 +284,7 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         opt_state=opt_state,
         train_sums={
             'loss': sums['loss'] + losses.sum(),
+            # Under mixup: of the blended images, against the first image's label.
             'correct': sums['correct'] + (predicted_class(logits) == labels).sum(),
             'count': sums['count'] + labels.shape[0],
             'grad_norm': sums['grad_norm'] + optax.tree.norm(grads),
