@@ -152,6 +152,10 @@ def get_config() -> ml_collections.ConfigDict:
   selection.fixed_threshold = 0.5
   selection.target_sensitivity = 0.9
   selection.early_stopping_patience = 0  # epochs without improvement; 0 = off
+  # Checkpoints of epochs before this fraction of num_epochs are evaluated and logged but
+  # not kept: on a small validation split an early, barely trained model can score best
+  # by chance. 0 = every epoch is eligible.
+  selection.min_epoch_fraction = 0.0
 
   # Transfer learning: freeze the backbone ('none', 'all', or 'stem', 'stage1'..'stage4'
   # = everything up to and including that stage) and/or BatchNorm statistics.

@@ -214,6 +214,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'selection.early_stopping_patience',
            'needs a validation split (set data.split.val_fraction > 0)',
            sel.early_stopping_patience)
+  min_epoch_fraction = sel.get('min_epoch_fraction', 0.0)
+  _require(0.0 <= min_epoch_fraction < 1.0, 'selection.min_epoch_fraction',
+           'must be in [0, 1) (0 = every epoch eligible)', min_epoch_fraction)
   _require(sel.metric in metrics.SELECTION_METRICS, 'selection.metric',
            f'must be one of {", ".join(map(repr, metrics.SELECTION_METRICS))}', sel.metric)
   from spp_resnet.training.train import FREEZE_STAGES  # pylint: disable=g-import-not-at-top  # cycle

@@ -22,7 +22,8 @@ def test_shipped_configs_are_valid():
     validate(scratch.get_config(lever))
   recommended = scratch.get_config('plain,ema,ensemble,mixup')
   assert (recommended.ensemble_size, recommended.optimizer.ema_decay,
-          recommended.loss.mixup_alpha) == (3, 0.98, 0.2)
+          recommended.loss.mixup_alpha, recommended.selection.min_epoch_fraction) == (
+              3, 0.98, 0.2, 0.25)
 
 
 def test_the_last_override_of_a_field_wins():
@@ -54,6 +55,7 @@ def test_the_last_override_of_a_field_wins():
     ('selection.threshold', 'youden', 'needs a validation split'),
     ('selection.metric', 'auc', "must be one of 'roc_auc'"),
     ('loss.class_weights', 'inverse', "must be one of 'none', 'balanced'"),
+    ('selection.min_epoch_fraction', 1.0, 'must be in [0, 1)'),
     ('loss.mixup_alpha', -0.2, 'must be >= 0'),
     ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < low <= high <= 1'),
     ('profile_steps', (5, 2), 'must be (first, last) train steps'),

@@ -104,6 +104,32 @@ def test_keep_best_threshold_saved_and_used_by_eval(tmp_path):
   assert f'step {selection["step"]}' in val
 
 
+def test_checkpoints_before_min_epoch_fraction_are_not_kept(tmp_path, monkeypatch):
+  from spp_resnet.training import train
+  monkeypatch.setattr(train, 'inference_weights', lambda state: state)
+  config = ml_collections.ConfigDict({'num_epochs': 8, 'selection': {
+      'metric': 'roc_auc', 'threshold': 'youden', 'fixed_threshold': 0.5,
+      'target_sensitivity': 0.9, 'early_stopping_patience': 0,
+      'min_epoch_fraction': 0.25}})
+  rng = np.random.default_rng(0)
+  labels = np.arange(40) % 2
+
+  def val(auc_noise):  # a validation result whose ROC AUC falls with auc_noise
+    p1 = np.clip(labels + auc_noise * rng.standard_normal(40), 0, 1) * 0.9 + 0.05
+    return train.metrics_from_probs(np.stack([1 - p1, p1], -1), labels,
+                                    ['no_tumor', 'tumor'])
+
+  selector = train._Selector(config, str(tmp_path))
+  state = {'w': np.zeros(3, np.float32)}
+  # Epoch 1 scores best of all, but 1 < 0.25 * 8: logged, not kept.
+  assert not selector.update(val(0.0), state, step=10, epoch=1)
+  assert selector.describe() == 'none yet, eligible from epoch 2'
+  assert not (tmp_path / 'selection.json').exists()
+  assert selector.update(val(1.0), state, step=20, epoch=2)  # the first eligible epoch
+  assert json.loads((tmp_path / 'selection.json').read_text())['epoch'] == 2
+  selector.close()
+
+
 def test_threshold_is_applied_to_test_predictions():
   # The train loop's host-side metrics at a threshold = the definition.
   rng = np.random.default_rng(0)

@@ -627,6 +627,8 @@ class _Selector:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.sel = config.selection
     self.workdir = workdir
+    # The last epoch is always eligible: min_epoch_fraction < 1.
+    self.min_epoch = self.sel.get('min_epoch_fraction', 0.0) * config.num_epochs
     self.best = load_selection(workdir)
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, keep=1, name=BEST_CHECKPOINT)
 
@@ -634,7 +636,7 @@ class _Selector:
     """Records an epoch's validation result; True if it is the new best."""
     metric = self.sel.metric
     value = val.metrics.get(metric)
-    if not _improves(value, self.best, metric):
+    if epoch < self.min_epoch or not _improves(value, self.best, metric):
       return False
     self.checkpointer.save(step, inference_weights(state))
     self.best = selection_record(val, self.sel, epoch=epoch, step=step)
@@ -644,7 +646,8 @@ class _Selector:
 
   def describe(self) -> str:
     if self.best is None:
-      return 'none yet'
+      return ('none yet' if self.min_epoch <= 0 else
+              f'none yet, eligible from epoch {math.ceil(self.min_epoch)}')
     b = self.best
     threshold = '' if b['threshold'] is None else f', threshold {b["threshold"]:.4f}'
     return f'epoch {b["epoch"]}, {b["metric"]} {b["value"]:.4f}{threshold}'
