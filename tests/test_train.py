@@ -213,8 +213,8 @@ def _without_timings(rows):
 FEW_STEPS = ['--config.data.dataset=phantom/easy=1,train=48,test=16', '--config.num_epochs=1']
 
 
-def _train_params(workdir, env):
-  run_main(workdir, *FEW_STEPS, env=env)
+def _train_params(workdir, env, *extra):
+  run_main(workdir, *FEW_STEPS, *extra, env=env)
   return flat(final_state(workdir)[1]['params'])
 
 
@@ -237,7 +237,9 @@ def _free_port():
 def test_two_processes_train_one_model(tmp_path):
   port = _free_port()
   workdir = tmp_path / 'distributed'
-  procs = [run_main(workdir, *FEW_STEPS, wait=False, env={
+  # Mixup on: each image's partner (the reversed global batch) lives on the other host.
+  mixup = '--config.loss.mixup_alpha=0.2'
+  procs = [run_main(workdir, *FEW_STEPS, mixup, wait=False, env={
       'JAX_COORDINATOR_ADDRESS': f'localhost:{port}', 'JAX_NUM_PROCESSES': '2',
       'JAX_PROCESS_ID': str(i), 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
       for i in range(2)]
@@ -246,7 +248,7 @@ def test_two_processes_train_one_model(tmp_path):
     assert p.returncode == 0, out[-5000:]
   assert 'Process 1 of 2' in outputs[1]
   single = _train_params(tmp_path / 'single',
-                         {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+                         {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, mixup)
   both = flat(final_state(workdir)[1]['params'])
   for key in single:
     np.testing.assert_allclose(single[key], both[key], rtol=2e-4, atol=2e-5, err_msg=key)
