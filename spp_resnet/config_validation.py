@@ -196,6 +196,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'loss.class_weights', ('none', 'balanced'))
   _require(loss.get('mixup_alpha', 0.0) >= 0.0, 'loss.mixup_alpha', 'must be >= 0 (0 = off)',
            loss.get('mixup_alpha', 0.0))
+  # Mixup's partner (the reversed global batch) moves images between hosts: a
+  # collective-permute, which never returns between CPU processes (jax 0.10, gloo).
+  _require(loss.get('mixup_alpha', 0.0) == 0.0 or processes == 1
+           or jax.default_backend() != 'cpu', 'loss.mixup_alpha',
+           f'cannot be used by {processes} CPU processes (their collectives hang on the '
+           'reversed batch it mixes with); use one process, or GPUs / TPUs',
+           loss.get('mixup_alpha', 0.0))
 
   from spp_resnet.evaluation import metrics  # Deferred, like the models.
   sel = config.selection
