@@ -68,8 +68,9 @@ alone would not have chosen it: it was adopted on the two sources we use as outs
 sets, which are therefore no longer untouched tests. The saved threshold still does not
 transfer. Those runs drew mixup's coefficients from the dropout key (fixed since);
 seeds 0-2 retrained with the fix: 0.925 on Bohaju, 0.809 on Bhuvaji. At this config's
-own 128 px (seeds 0-2, 8 epochs): 0.924 on Bohaju, validation 0.962. Mixup alpha 1.0:
-worse in both directions.
+own 128 px (seeds 0-2): 0.924 on Bohaju (8 epochs), validation 0.962; but 0.755 on
+Bhuvaji from the Bohaju sample, where 64 px did better. Mixup alpha 1.0: worse in both
+directions.
 """
 
 from configs import default
