@@ -201,7 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(loss.get('mixup_alpha', 0.0) == 0.0 or processes == 1
            or jax.default_backend() != 'cpu', 'loss.mixup_alpha',
            f'cannot be used by {processes} CPU processes (their collectives hang on the '
-           'reversed batch it mixes with); use one process, or GPUs / TPUs',
+           'reversed batch it mixes with); train it in one process',
            loss.get('mixup_alpha', 0.0))
 
   from spp_resnet.evaluation import metrics  # Deferred, like the models.
