@@ -165,11 +165,23 @@ def test_matrix(tmp_path):
     assert isinstance(cell['metrics']['sensitivity'], float)
     assert cell['class_counts'] == {'glioma': 3, 'pituitary': 3}
     assert cell['class_mapping'] == {'glioma': 'tumor', 'pituitary': 'tumor'}
+    # Broken down by its own classes: each tumor type's sensitivity, no ROC AUC.
+    by_type = {r['group']: r for r in cell['by_their_class']}
+    assert {k: (r['num_images'], r['counted_as']) for k, r in by_type.items()} == {
+        'glioma': (3, 'tumor'), 'pituitary': (3, 'tumor')}
+    assert all('roc_auc' not in r for r in by_type.values())
+    found = sum(round(r['called_correctly'][0] * 3) for r in by_type.values())
+    assert found == round(cell['metrics']['sensitivity'] * 6)
+  assert 'by_their_class' not in cells['phantom']['both']  # no/yes: nothing merged
 
   assert json.loads((out / 'cross_dataset.json').read_text()) == result
   md = (out / 'cross_dataset.md').read_text()
   assert '`python -m spp_resnet.experiments.cross_dataset --x=1`' in md
   assert 'jax.devices()[0] = ' in md and 'UTC' in md
+  section = md.split("## By the test sets' own classes")[1].split('##')[0]
+  row = next(l for l in section.splitlines() if l.startswith('| mix ') and 'pituitary' in l)
+  assert [c.strip() for c in row.strip('|').split('|')][:5] == [
+      'mix', 'tumor_only', 'pituitary', 'tumor', '3']
   for title in ('## ROC AUC', '## Accuracy', '## Sensitivity', '## Specificity', '## Images',
                 '## Run time per cell'):
     assert title in md

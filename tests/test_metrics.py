@@ -379,3 +379,35 @@ def test_paired_auc_difference():
   assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
   with pytest.raises(ValueError, match='same images'):
     M.auc_difference_ci(a, b[:-1], labels)
+
+
+def test_by_subgroup_on_a_hand_worked_example():
+  # A tumor model on a test set with its own classes: 0 no, 1 glioma, 2 pituitary,
+  # 3 meningioma (no image: left out).
+  scores = np.array([0.1, 0.2, 0.6,    # no: one false alarm at 0.5
+                     0.9, 0.7, 0.55,   # glioma: all found
+                     0.4, 0.15, 0.3])  # pituitary: none found
+  groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+  labels = groups > 0
+  rows = M.by_subgroup(scores, labels, groups, ['no', 'glioma', 'pituitary', 'meningioma'],
+                       threshold=0.5)
+  assert [r['group'] for r in rows] == ['no', 'glioma', 'pituitary']
+  no, glioma, pituitary = rows
+  assert (no['positive'], glioma['positive']) == (False, True)
+  assert [r['num_images'] for r in rows] == [3, 3, 3]
+  # Decided right at 0.5: 2 of 3 no (specificity), 3 of 3 glioma, 0 of 3 pituitary.
+  assert no['called_correctly'][0] == pytest.approx(2 / 3)
+  assert glioma['called_correctly'][0] == 1.0 and pituitary['called_correctly'][0] == 0.0
+  assert glioma['called_correctly'][1:] == list(M.wilson_ci(3, 3))[1:]
+  # Each tumor type ranked against the three no-tumor images: glioma 8 of 9 pairs
+  # (0.55 below the false alarm at 0.6); pituitary 0.4 > 0.1, 0.2; 0.15 > 0.1; 0.3 > 0.1, 0.2: 5 of 9.
+  assert glioma['roc_auc'][0] == pytest.approx(8 / 9)
+  assert pituitary['roc_auc'][0] == pytest.approx(5 / 9)
+  assert pituitary['roc_auc'][1] <= 5 / 9 <= pituitary['roc_auc'][2]
+  # The no-tumor group against all six tumors: tumors above 0.1, 0.2, 0.6: 6 + 5 + 2.
+  assert no['roc_auc'][0] == pytest.approx(13 / 18)
+  # A one-label test set has no ROC AUC; a mixed group no label.
+  only_tumors = M.by_subgroup(scores[3:], labels[3:], groups[3:] - 1, ['g', 'p'], 0.5)
+  assert all('roc_auc' not in r for r in only_tumors)
+  mixed = M.by_subgroup(scores, labels, np.zeros(9, int), ['all'], 0.5)
+  assert mixed == [{'group': 'all', 'num_images': 9, 'positive': None}]

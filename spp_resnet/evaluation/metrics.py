@@ -384,6 +384,44 @@ def refit_threshold(scores: np.ndarray, labels: np.ndarray, per_class: int, rule
   return summary
 
 
+def by_subgroup(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                group_names: Sequence[str], threshold: float,
+                confidence: float = 0.95) -> list[dict]:
+  """A binary evaluation broken down by subgroups of the test images.
+
+  The use: a test set whose own classes were merged into the model's two (glioma,
+  meningioma and pituitary all count as tumor) hides which kinds of image the model
+  finds. Per group (`groups[i]` indexes `group_names`; empty groups are left out):
+  `num_images`; `positive` (its images' label, or None if it holds both);
+  `called_correctly`: the share decided right at `threshold` (a tumor group's
+  sensitivity, a no-tumor group's specificity) with a Wilson interval; `roc_auc`: the
+  group's images ranked against every image of the other label (a tumor type against
+  all no-tumor images), with a stratified bootstrap interval; None where the other
+  label has no image or the group holds both.
+  """
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(labels).ravel().astype(bool)
+  groups = np.asarray(groups).ravel()
+  out = []
+  for g, name in enumerate(group_names):
+    members = groups == g
+    n = int(members.sum())
+    if not n:
+      continue
+    label = bool(positive[members][0]) if len(set(positive[members])) == 1 else None
+    row = {'group': str(name), 'num_images': n, 'positive': label}
+    if label is not None:
+      called = scores[members] >= threshold
+      correct = int((called == label).sum())
+      row['called_correctly'] = list(wilson_ci(correct, n, confidence))
+      others = positive != label
+      if others.any():
+        pick = members | others
+        row['roc_auc'] = list(auc_ci(scores[pick], positive[pick], confidence))
+    out.append(row)
+  return out
+
+
 # ---- Tables -----------------------------------------------------------------------------
 
 

@@ -112,6 +112,15 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   result.step = step = restored.step
   normalization = restored.normalization
   refit = _refit(result, config, refit_threshold, refit_repeats) if refit_threshold else None
+  their = ext_labels[keep]
+  by_their_class = None
+  if num_classes == 2 and len(np.unique(their)) > len(np.unique(mapping[their])):
+    # Their classes merged into ours (three tumor types -> tumor): which kinds are found.
+    by_their_class = metrics_lib.by_subgroup(
+        result.probs[:, 1], result.labels, their, pooled.class_names,
+        0.5 if result.threshold is None else result.threshold)
+    for row in by_their_class:
+      row['counted_as'] = model_classes[mapping[pooled.class_names.index(row['group'])]]
   command = ('python -m spp_resnet.experiments.evaluate_external '
              + ' '.join((argv or sys.argv)[1:]))
   counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}
@@ -146,7 +155,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'{counts}', f'- Class mapping (theirs -> model): {mapped}',
       f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
   ]
-  refit_text = _refit_text(refit) if refit else ''
+  refit_text = _by_their_class_text(by_their_class) if by_their_class else ''
+  refit_text += _refit_text(refit) if refit else ''
   if site:
     site_threshold.write(site, save_threshold)
     refit_text += _site_text(site, save_threshold)
@@ -165,6 +175,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
              'metrics': result.metrics, 'intervals': intervals,
              'confusion': np.asarray(result.confusion).tolist(),
              'command': command, 'date': now, 'device': device, 'wall_s': wall}
+  if by_their_class:
+    summary['by_their_class'] = by_their_class
   if refit:
     summary['refit_threshold'] = refit
   if restored.threshold_source:
@@ -179,7 +191,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
     w = csv.writer(f)
     w.writerow(['filename', 'their_class', 'true', 'predicted']
                + [f'p_{c}' for c in model_classes])
-    for fn, ext, t, p, pr in zip(filenames, ext_labels[keep], result.labels, predicted,
+    for fn, ext, t, p, pr in zip(filenames, their, result.labels, predicted,
                                  result.probs):
       fn = fn.decode() if isinstance(fn, bytes) else str(fn)
       w.writerow([fn, pooled.class_names[ext], model_classes[t], model_classes[p]]
@@ -220,6 +232,33 @@ def _refit(result, config, per_class: int, repeats: int) -> dict:
   except ValueError as e:  # e.g. a single-class dataset
     logging.warning('Threshold not refitted: %s', e)
     return {'skipped': str(e)}
+
+
+BY_THEIR_CLASS_HEADER = ('their class', 'counted as', 'images', 'decided right [95%]',
+                         'ROC AUC against the other class [95%]')
+
+
+def by_their_class_cells(row: dict) -> list[str]:
+  """One row of `metrics.by_subgroup` (with 'counted_as') as table cells."""
+  def interval(key: str) -> str:
+    if key not in row:
+      return 'n/a'
+    value, low, high = row[key]
+    return f'{value:.3f} [{low:.3f}, {high:.3f}]'
+  return [row['group'], row['counted_as'], str(row['num_images']),
+          interval('called_correctly'), interval('roc_auc')]
+
+
+def _by_their_class_text(rows: list[dict]) -> str:
+  return '\n'.join([
+      '', "## By the dataset's own classes", '',
+      "The dataset's classes before they were merged into the model's: the share of each "
+      "one's images decided right at the threshold (a tumor type's sensitivity, a "
+      "no-tumor class's specificity; Wilson 95% interval) and each one ranked against all "
+      'images of the other class (ROC AUC, stratified bootstrap 95% interval; n/a where '
+      'the dataset has no image of the other class).', '',
+      metrics_lib.markdown_table(BY_THEIR_CLASS_HEADER, [by_their_class_cells(r) for r in rows]),
+      ''])
 
 
 def _refit_text(refit: dict) -> str:
