@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Not in the paper: crop each slice to the square around the head before resizing, so
   # a brain fills the frame whatever its source's field of view (preprocess.py).
   data.crop_foreground = False
+  # Not in the paper: set the outer band of the head, this fraction of its radius deep,
+  # to 0 before the crop: a crude skull strip, for sources that publish skull-stripped
+  # slices (Bohaju's BraTS) next to whole heads (preprocess.strip_rim). 0 = off.
+  data.strip_rim = 0.0
   # Not in the paper: replace the head's intensities by their rank (histogram
   # equalization), so a source's contrast and brightness matter less (preprocess.py).
   # Measured: it ranked other sources below chance (docs/results.md); off everywhere.

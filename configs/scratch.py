@@ -81,7 +81,7 @@ LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap
 # `plain` turns off everything the recipe adds but the crop; `ema` evaluates a moving
 # average of the weights; `ensemble` trains 3 seeds and averages them (see the docstring);
 # `mixup` blends training images and their labels (loss.mixup_alpha).
-OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble', 'mixup')
+OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble', 'mixup', 'strip')
 PLAIN = ('paper_augment', 'no_label_smoothing', 'no_class_weights')  # turned off by `plain`
 
 
@@ -170,6 +170,8 @@ def get_config(levers: str = ''):
       config.ensemble_size = 3
     elif lever == 'mixup':
       config.loss.mixup_alpha = 0.2  # Zhang et al.'s ImageNet value
+    elif lever == 'strip':
+      data.strip_rim = 0.1  # removes the scalp and skull ring of Bhuvaji's T1 heads
     elif lever == 'resnet50':
       model.backbone = 'resnet50'
       model.head_hidden = (512,)

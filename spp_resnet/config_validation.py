@@ -111,6 +111,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            and 0 <= percentiles[0] < percentiles[1] <= 100, 'data.contrast_percentiles',
            'must be (low, high) with 0 <= low < high <= 100, e.g. (1.0, 99.0)',
            tuple(percentiles) if isinstance(percentiles, (tuple, list)) else percentiles)
+  rim = data.get('strip_rim', 0.0)
+  _require(isinstance(rim, (int, float)) and 0 <= rim < 0.5, 'data.strip_rim',
+           'must be a fraction of the head radius in [0, 0.5), e.g. 0.1 (0 = off)', rim)
   # The allowed values come from the registries that implement them.
   from spp_resnet.data import preprocess, splits  # pylint: disable=g-import-not-at-top
   _choice(config, 'data.normalization', ('auto', *preprocess.NORMALIZATIONS))

@@ -18,7 +18,7 @@ def test_shipped_configs_are_valid():
   validate(default.get_config())
   validate(phantom.get_config())
   validate(scratch.get_config())
-  for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble', 'mixup'):  # 'ssl' needs an SSL run
+  for lever in (*scratch.LEVERS, 'plain', 'ema', 'ensemble', 'mixup', 'strip'):  # 'ssl' needs an SSL run
     validate(scratch.get_config(lever))
   recommended = scratch.get_config('plain,ema,ensemble,mixup')
   assert (recommended.ensemble_size, recommended.optimizer.ema_decay,
@@ -56,6 +56,7 @@ def test_the_last_override_of_a_field_wins():
     ('selection.metric', 'auc', "must be one of 'roc_auc'"),
     ('loss.class_weights', 'inverse', "must be one of 'none', 'balanced'"),
     ('selection.min_epoch_fraction', 1.0, 'must be in [0, 1)'),
+    ('data.strip_rim', 0.5, 'must be a fraction of the head radius in [0, 0.5)'),
     ('loss.mixup_alpha', -0.2, 'must be >= 0'),
     ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < low <= high <= 1'),
     ('profile_steps', (5, 2), 'must be (first, last) train steps'),

@@ -279,3 +279,50 @@ def test_crop_foreground_makes_a_small_head_fill_the_frame():
   cropped = preprocess.preprocess_image(small.astype(np.uint8), 32, crop_foreground=True)
   assert (plain > 127).mean() < 0.06  # the head covers ~5% of the frame
   assert (cropped > 127).mean() > 0.6  # ~ pi / 4 / 1.1^2 of the frame
+
+
+def test_strip_rim_removes_the_skull_ring_and_keeps_the_brain():
+  """A synthetic head: a brain disk (0.4) inside a bright scalp ring (1.0) 6 px thick,
+  radius 60 in all. A band of 0.15 x 60 = 9 px removes the ring, keeps the brain, and
+  follows the head's outline, not the frame: an off-centre head loses the same band."""
+  yy, xx = np.mgrid[:200, :200]
+  for cy, cx in ((100, 100), (70, 120)):
+    r = np.hypot(yy - cy, xx - cx)
+    head = np.where(r <= 54, 0.4, np.where(r <= 60, 1.0, 0.0)).astype(np.float32)
+    head[cy, cx] = 0.0  # a dark hole (a ventricle) is not background
+    out = preprocess.strip_rim(head, 0.15)
+    assert out.dtype == head.dtype
+    assert out.max() == pytest.approx(0.4)  # no ring pixel left
+    np.testing.assert_array_equal(out[r <= 50], head[r <= 50])
+    assert not out[r > 52].any()
+  # Almost nothing to strip: left alone; 0 = off in the whole preprocessing.
+  empty = np.zeros((50, 50), np.float32)
+  empty[0, 0] = 1.0
+  assert preprocess.strip_rim(empty, 0.1) is empty
+  raw = _real_slice('Image12.jpg')
+  np.testing.assert_array_equal(preprocess.preprocess_image(raw, 64, rim=0.0),
+                                preprocess.preprocess_image(raw, 64))
+
+
+def test_strip_rim_in_preprocessing_of_a_real_slice():
+  """A real Bohaju slice through the run's Preprocessor: the stripped head is cropped
+  again to fill the frame, and configs saved before the field existed do not strip."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  raw = _real_slice('Image12.jpg')
+  data = default.get_config().data
+  data.image_size, data.crop_foreground = 64, True
+  assert preprocess.Preprocessor.from_config(data).strip_rim == 0.0
+  plain = preprocess.Preprocessor.from_config(data)(raw)
+  data.strip_rim = 0.2
+  prep = preprocess.Preprocessor.from_config(data)
+  stripped = prep(raw)
+  np.testing.assert_array_equal(
+      stripped, preprocess.preprocess_image(raw, 64, data.contrast_percentiles,
+                                            crop_foreground=True, rim=0.2))
+  assert stripped.shape == plain.shape == (64, 64, 1)
+  assert not np.array_equal(stripped, plain)
+  # Cropped after stripping: the smaller head still reaches the frame's edges.
+  rows = np.nonzero((stripped[..., 0] > 25).any(axis=1))[0]
+  assert rows[0] <= 6 and rows[-1] >= 57
+  del data['strip_rim']
+  assert preprocess.Preprocessor.from_config(data).strip_rim == 0.0
