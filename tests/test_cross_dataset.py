@@ -153,6 +153,8 @@ def test_matrix(tmp_path):
     assert cell['metrics']['accuracy'] == own['metrics']['accuracy']
     assert cell['metrics']['num_images'] == own['num_images']
     assert cell['wall_s'] > 0
+    # The surest wrong calls, as the model saw them (one class: false negatives only).
+    assert (out / run_name / name / 'errors.png').read_bytes()[:4] == b'\x89PNG'
   both_cell = cells['phantom']['both']
   assert both_cell['metrics']['num_images'] == 12
   assert all(isinstance(both_cell['metrics'][k], float)

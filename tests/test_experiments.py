@@ -257,7 +257,7 @@ def test_evaluate_external_on_a_class_per_folder_directory(ablation_run, outside
   assert got['confusion'] == want['confusion']
   for key in ('accuracy', 'precision', 'recall', 'specificity', 'f1', 'roc_auc'):
     assert np.isclose(got['metrics'][key], want['metrics'][key], atol=1e-6), key
-  for name in ('roc.png', 'confusion.png', 'confusion_normalized.png'):
+  for name in ('roc.png', 'confusion.png', 'confusion_normalized.png', 'errors.png'):
     assert (out / name).read_bytes()[:4] == b'\x89PNG'
   assert 'accuracy' in (out / 'metrics.md').read_text()
   assert len((out / 'predictions.csv').read_text().splitlines()) == 21

@@ -69,6 +69,25 @@ def plot_confusion(confusion: np.ndarray,
   _save(fig, path)
 
 
+def plot_image_rows(rows: Mapping[str, Sequence[tuple[np.ndarray, str]]],
+                    path: str | os.PathLike, title: str = '') -> None:
+  """Rows of gray thumbnails, each with a caption: name -> [(image [H, W(, 1)], caption)].
+  Rows may differ in length (an empty row shows its name only)."""
+  width = max([len(images) for images in rows.values()] + [1])
+  fig = Figure(figsize=(1.6 * width, 2.1 * len(rows) + 0.4), layout='constrained')
+  if title:
+    fig.suptitle(title, fontsize=10)
+  for subfig, (name, images) in zip(np.ravel(fig.subfigures(len(rows), 1)), rows.items()):
+    subfig.suptitle(name if images else f'{name}: none', fontsize=8, x=0.01, ha='left')
+    for c, ax in enumerate(np.ravel(subfig.subplots(1, width, squeeze=False))):
+      ax.set_axis_off()
+      if c < len(images):
+        image, caption = images[c]
+        ax.imshow(np.asarray(image).squeeze(), cmap='gray', vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=6)
+  _save(fig, path)
+
+
 def plot_training_curves(history: Sequence[Mapping[str, float]],
                          path: str | os.PathLike,
                          metrics: Sequence[str] = ('loss', 'accuracy')) -> None:

@@ -21,7 +21,9 @@ leave them out with --ignore_classes=a,b.
 Writes to --out (default TRAINED_RUN/external/<dataset>): metrics.md (the metrics table,
 per class and confusion matrix, with the checkpoint, the mapping and the class counts),
 metrics.json, predictions.csv (file, true and predicted class, probabilities), roc.png
-(binary; one vs rest for more classes), confusion.png, confusion_normalized.png.
+(binary; one vs rest for more classes), confusion.png, confusion_normalized.png and, for a
+binary model, errors.png (the false positives and negatives it was surest of, as the model
+saw them).
 
 A threshold fitted on the training source often does not carry over to another scanner
 or hospital (docs/results.md). --refit_threshold=N measures what refitting it on N
@@ -209,6 +211,9 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
     plots.plot_roc(curves, os.path.join(out, 'roc.png'), title=f'ROC on {dataset}')
   else:
     logging.warning('No ROC curve: the evaluated images hold only one class.')
+  if num_classes == 2:
+    _plot_errors(images, result.probs[:, 1], result.labels, predicted, their, pooled.class_names,
+                 filenames, os.path.join(out, 'errors.png'), dataset)
   plots.plot_confusion(result.confusion, model_classes, os.path.join(out, 'confusion.png'),
                        title=f'{dataset}: counts')
   plots.plot_confusion(result.confusion, model_classes,
@@ -217,6 +222,28 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   print('\n'.join(header) + result.table() + ('\n' + refit_text if refit_text else ''))
   print(f'\nWritten to {out}')
   return summary
+
+
+def _plot_errors(images, scores, labels, predicted, their, their_names, filenames, path,
+                 dataset, per_row: int = 8) -> None:
+  """errors.png: the wrong calls the model was surest of, as the model saw them
+  (preprocessed): what a source has that the training set lacked is often plain to see."""
+  from spp_resnet.evaluation import plots  # pylint: disable=g-import-not-at-top
+  def name(i):
+    fn = filenames[i]
+    return os.path.basename(fn.decode() if isinstance(fn, bytes) else str(fn))[:18]
+
+  def row(wrong, surest_first):
+    picked = np.nonzero(wrong)[0]
+    picked = picked[np.argsort(surest_first(scores[picked]), kind='stable')][:per_row]
+    return [(images[i], f'{their_names[their[i]]} p={scores[i]:.2f}\n'
+             f'{name(i)}') for i in picked]
+  plots.plot_image_rows({
+      'false positives, highest P(positive) first': row((labels == 0) & (predicted == 1),
+                                                        lambda s: -s),
+      'false negatives, lowest P(positive) first': row((labels == 1) & (predicted == 0),
+                                                       lambda s: s)},
+      path, title=f'{dataset}: the surest wrong calls at the threshold')
 
 
 def _refit(result, config, per_class: int, repeats: int) -> dict:
