@@ -74,11 +74,15 @@ def plot_image_rows(rows: Mapping[str, Sequence[tuple[np.ndarray, str]]],
   """Rows of gray thumbnails, each with a caption: name -> [(image [H, W(, 1)], caption)].
   Rows may differ in length (an empty row shows its name only)."""
   width = max([len(images) for images in rows.values()] + [1])
-  fig = Figure(figsize=(1.6 * width, 2.1 * len(rows) + 0.4), layout='constrained')
+  heights = [2.1 if images else 0.3 for images in rows.values()]  # an empty row: its name
+  fig = Figure(figsize=(1.6 * width, sum(heights) + 0.4), layout='constrained')
   if title:
     fig.suptitle(title, fontsize=10)
-  for subfig, (name, images) in zip(np.ravel(fig.subfigures(len(rows), 1)), rows.items()):
+  subfigs = np.ravel(fig.subfigures(len(rows), 1, height_ratios=heights))
+  for subfig, (name, images) in zip(subfigs, rows.items()):
     subfig.suptitle(name if images else f'{name}: none', fontsize=8, x=0.01, ha='left')
+    if not images:
+      continue
     for c, ax in enumerate(np.ravel(subfig.subplots(1, width, squeeze=False))):
       ax.set_axis_off()
       if c < len(images):
