@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Not in the paper: set the outer band of the head, this fraction of its radius deep,
   # to 0 before the crop: a crude skull strip, for sources that publish skull-stripped
   # slices (Bohaju's BraTS) next to whole heads (preprocess.strip_rim). 0 = off.
+  # Measured at 0.1 (lever `strip` of configs/scratch.py): trained on the Bohaju sample,
+  # it ranked Bhuvaji worse (docs/results.md); off everywhere.
   data.strip_rim = 0.0
   # Not in the paper: replace the head's intensities by their rank (histogram
   # equalization), so a source's contrast and brightness matter less (preprocess.py).
