@@ -203,6 +203,20 @@ def test_matrix(tmp_path):
   assert [c.strip() for c in row.strip('|').split('|')][1:] == ['trained on', ' / '.join(
       f'{refit[k]["mean"]:.3f} [{refit[k]["low"]:.3f}, {refit[k]["high"]:.3f}]'
       for k in ('sensitivity', 'specificity')), 'n/a']
+  # A threshold fitted on each test set without its labels (two Gaussians on the logits).
+  fit = both_cell['label_free_threshold']
+  probs = [float(r['p_tumor']) for r in csv.DictReader(open(out / 'phantom' / 'both' /
+                                                            'predictions.csv'))]
+  from spp_resnet.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  assert fit['threshold'] == pytest.approx(metrics_lib.mixture_threshold(probs)['threshold'],
+                                           abs=1e-3)  # the CSV keeps 9 digits
+  assert 0 <= fit['sensitivity'] <= 1 and 0 <= fit['specificity'] <= 1
+  assert 'at least 10' in cells['phantom']['tumor_only']['label_free_threshold']['skipped']
+  section = md.split('threshold fitted on the test set without labels')[1].split('##')[0]
+  row = next(l for l in section.splitlines() if l.startswith('| phantom'))
+  assert [c.strip() for c in row.strip('|').split('|')][1:] == [
+      'trained on', f'{fit["sensitivity"]:.3f} / {fit["specificity"]:.3f} '
+      f'(at {fit["threshold"]:.3f})', 'n/a']
   # Against the baseline, paired over the same images: the same model differs by 0.
   assert cells['copy']['both']['vs_baseline'] == [0.0, 0.0, 0.0]
   section = md.split('## ROC AUC against the baseline trained on the same data, paired')[1]

@@ -411,3 +411,24 @@ def test_by_subgroup_on_a_hand_worked_example():
   assert all('roc_auc' not in r for r in only_tumors)
   mixed = M.by_subgroup(scores, labels, np.zeros(9, int), ['all'], 0.5)
   assert mixed == [{'group': 'all', 'num_images': 9, 'positive': None}]
+
+
+def test_mixture_threshold_finds_two_clusters_without_labels():
+  # A model miscalibrated at a new site: both clusters of logits shifted far below 0, 30%
+  # positives. The crossing of the fitted Gaussians separates them; 0.5 would not.
+  rng = np.random.default_rng(0)
+  labels = rng.random(400) < 0.3
+  logits = np.where(labels, rng.normal(-1.0, 0.5, 400), rng.normal(-5.0, 0.5, 400))
+  scores = 1 / (1 + np.exp(-logits))
+  fit = M.mixture_threshold(scores)
+  assert fit['positive_share'] == pytest.approx(labels.mean(), abs=0.02)
+  assert fit['means'] == [pytest.approx(-5.0, abs=0.15), pytest.approx(-1.0, abs=0.15)]
+  called = scores >= fit['threshold']
+  assert called[labels].mean() > 0.98 and (~called[~labels]).mean() > 0.98
+  assert (scores[labels] >= 0.5).mean() < 0.05  # a fixed 0.5 finds almost none
+  # Equal spreads and weights: the crossing sits half way (logit -3).
+  assert np.log(fit['threshold'] / (1 - fit['threshold'])) == pytest.approx(-3.0, abs=0.3)
+  with pytest.raises(ValueError, match='at least 10'):
+    M.mixture_threshold(scores[:9])
+  with pytest.raises(ValueError, match='at least 10'):
+    M.mixture_threshold(np.full(50, 0.3))

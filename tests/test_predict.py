@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from spp_resnet.data import preprocess
+from spp_resnet.evaluation import metrics as metrics_lib
 from spp_resnet.inference import predict as predict_lib
 from spp_resnet.inference import readers
+from spp_resnet.inference import site_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared' / 'data'
@@ -246,3 +248,32 @@ def test_command_line_errors_are_one_line(phantom_run, tmp_path):
       cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: --dicom_window must be')
+
+
+@pytest.mark.slow
+def test_site_threshold_fitted_on_unlabelled_scans(predictor, tmp_path):
+  """`--fit_threshold`: a threshold from the scans alone (two Gaussians on the logits),
+  written for these weights, and the scans decided at it; too few scans: a clear error."""
+  rng = np.random.default_rng(0)
+  raw = _mri_slice().astype(np.float32)
+  arrays = [raw * rng.uniform(0.2, 1.0) + rng.normal(0, s, raw.shape).astype(np.float32)
+            for s in np.linspace(0, 400, 14)]
+  report = predictor.predict(arrays)
+  path = tmp_path / 'site.json'
+  decided = predict_lib.fit_site_threshold(predictor, report, str(path), command='test')
+  record = json.loads(path.read_text())
+  want = metrics_lib.mixture_threshold(report.probs[:, 1])
+  assert record['rule'] == 'mixture' and record['num_images'] == 14
+  assert record['threshold'] == pytest.approx(want['threshold'])
+  assert record['positive_share'] == pytest.approx(want['positive_share'])
+  assert 'in_sample' not in record  # no labels, nothing to score
+  assert decided.threshold == record['threshold']
+  np.testing.assert_array_equal(decided.classes, decided.probs[:, 1] >= record['threshold'])
+  assert 'fitted on these scans' in decided.run['threshold_source']
+  # The file is a site threshold of these weights: --threshold=FILE takes it.
+  again = predict_lib.Predictor.from_workdir(predictor.restored.workdir, threshold=str(path),
+                                             batch_size=3)
+  assert again.restored.threshold == record['threshold']
+  with pytest.raises(site_threshold.SiteThresholdError, match='at least 10'):
+    predict_lib.fit_site_threshold(predictor, predictor.predict(arrays[:4]),
+                                   str(tmp_path / 'few.json'))

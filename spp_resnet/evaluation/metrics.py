@@ -384,6 +384,51 @@ def refit_threshold(scores: np.ndarray, labels: np.ndarray, per_class: int, rule
   return summary
 
 
+def mixture_threshold(scores: np.ndarray, iterations: int = 500) -> dict:
+  """A decision threshold from unlabelled scores: where two Gaussians fitted to them cross.
+
+  For a site whose images carry no labels: a model that ranks them well but is
+  miscalibrated there (its saved threshold fitted on another source) still tends to
+  give two clusters of logits, one per class. A two-component Gaussian mixture is fitted
+  to log(p / (1 - p)) by EM (start: the quartiles, the overall spread, equal weights);
+  the threshold is the first logit between the two means where the upper component's
+  posterior reaches 1/2, back on the probability scale. Returns {'threshold',
+  'positive_share' (the upper component's weight: an estimate of the share of positive
+  images), 'means', 'stds' (logits, lower component first)}. It assumes both classes are
+  present in numbers and that the ranking separates them; docs/results.md measures
+  where it holds.
+
+  Raises ValueError for fewer than 10 scores or scores that are all equal.
+  """
+  p = np.clip(np.asarray(scores, np.float64).ravel(), 1e-7, 1 - 1e-7)
+  z = np.log(p / (1 - p))
+  if z.size < 10 or np.ptp(z) == 0:
+    raise ValueError(f'a mixture threshold needs at least 10 distinct scores; got {z.size} '
+                     f'with spread {z.std():.3g}.')
+  mean, std = np.quantile(z, [0.25, 0.75]), np.full(2, z.std())
+  weight = np.full(2, 0.5)
+  for _ in range(iterations):
+    density = weight * np.exp(-0.5 * ((z[:, None] - mean) / std) ** 2) / std
+    resp = density / np.maximum(density.sum(1, keepdims=True), 1e-300)
+    weight = resp.mean(0)
+    new_mean = (resp * z[:, None]).sum(0) / np.maximum(resp.sum(0), 1e-12)
+    std = np.sqrt((resp * (z[:, None] - new_mean) ** 2).sum(0)
+                  / np.maximum(resp.sum(0), 1e-12)) + 1e-3 * z.std()
+    converged = np.abs(new_mean - mean).max() < 1e-8
+    mean = new_mean
+    if converged:
+      break
+  order = np.argsort(mean)
+  mean, std, weight = mean[order], std[order], weight[order]
+  grid = np.linspace(mean[0], mean[1], 2001)
+  density = weight * np.exp(-0.5 * ((grid[:, None] - mean) / std) ** 2) / std
+  upper = density[:, 1] >= density[:, 0]
+  crossing = grid[np.argmax(upper)] if upper.any() else (mean[0] + mean[1]) / 2
+  return {'threshold': float(1 / (1 + np.exp(-crossing))),
+          'positive_share': float(weight[1]),
+          'means': mean.tolist(), 'stds': std.tolist()}
+
+
 def by_subgroup(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                 group_names: Sequence[str], threshold: float,
                 confidence: float = 0.95) -> list[dict]:

@@ -284,7 +284,7 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
           'class_counts': summary.get('class_counts'),
           'class_mapping': summary.get('class_mapping'), 'step': summary.get('step'),
           'out': os.path.abspath(cell_out), 'wall_s': time.perf_counter() - t0}
-      for key in ('refit_threshold', 'by_their_class'):
+      for key in ('refit_threshold', 'by_their_class', 'label_free_threshold'):
         if key in summary:
           cells[run][name][key] = summary[key]
       run_info[run].update(threshold=threshold, threshold_known='threshold' in summary,
@@ -444,6 +444,7 @@ def format_report(result: dict) -> str:
     if key == 'roc_auc':
       lines += _baseline_section(result)
   lines += _by_their_class_section(result)
+  lines += _label_free_section(result)
   lines += _refit_section(result)
   lines += ['## Run time per cell (s)', '',
             'Restoring the checkpoint, preprocessing the test set and evaluating.', '']
@@ -474,6 +475,31 @@ def _by_their_class_section(result: dict) -> list[str]:
           'that fails for one tumor type only points at what the training set lacked.', '',
           metrics_lib.markdown_table(('train', 'test set') + ext.BY_THEIR_CLASS_HEADER, rows),
           '']
+
+
+def _label_free_section(result: dict) -> list[str]:
+  """Sensitivity / specificity at a threshold fitted on each test set without labels."""
+  cells = result['cells']
+  if not any('label_free_threshold' in c for row in cells.values() for c in row.values()):
+    return []
+
+  def text(cell: dict) -> str:
+    fit = cell.get('label_free_threshold')
+    if fit is None:
+      return cell['status']
+    if 'skipped' in fit or fit['sensitivity'] is None or fit['specificity'] is None:
+      return NA
+    return (f'{fit["sensitivity"]:.3f} / {fit["specificity"]:.3f} '
+            f'(at {fit["threshold"]:.3f})')
+
+  names = list(result['datasets'])
+  rows = [[run] + [text(cells[run][n]) for n in names] for run in result['runs']]
+  return ['## Sensitivity / specificity at a threshold fitted on the test set without labels',
+          '', 'Where two Gaussians fitted to the model\'s logits on ALL the test images cross '
+          '(`metrics.mixture_threshold`): what a site gets from its unlabelled images '
+          '(`spp_resnet.predict --fit_threshold`). The labels only score it. '
+          f'"{NA}": a test set with one class.', '',
+          metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
 
 
 def _refit_section(result: dict) -> list[str]:

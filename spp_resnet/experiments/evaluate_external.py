@@ -32,8 +32,12 @@ the N + N images, the threshold is fitted on them (the run's rule; Youden's J fo
 with a fixed threshold) and the model measured on all the other images. The report adds
 the mean and the spread over the draws; the saved threshold and the run are unchanged.
 
+Every binary report also gives what a threshold fitted on these images WITHOUT their
+labels gives (two Gaussians fitted to the logits, `metrics.mixture_threshold`).
+
 To deploy at that site: --save_threshold=FILE fits the threshold on ALL the evaluated
-images (the same rule) and writes it for these weights; --threshold=FILE (or a number)
+images (the same rule; --site_rule=mixture: without their labels) and writes it for
+these weights; --threshold=FILE (or a number)
 evaluates at it instead of the run's, e.g. on held-out images of the same site, and
 `spp_resnet.predict --threshold=FILE` predicts with it (`inference/site_threshold.py`).
 """
@@ -67,12 +71,13 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
                       out: str = '', class_map: dict[str, str] | None = None,
                       ignore_classes: list[str] | None = None, step: int | None = None,
                       batch_size: int = 0, refit_threshold: int = 0, refit_repeats: int = 20,
-                      threshold: str = '', save_threshold: str = '',
+                      threshold: str = '', save_threshold: str = '', site_rule: str = '',
                       argv: list[str] | None = None) -> dict:
   """Evaluates WORKDIR's checkpoint on all of `dataset`; writes the report to `out`.
 
   `threshold`: decide at this probability or site threshold file instead of the run's;
-  `save_threshold`: also fit a site threshold on these images and write it there.
+  `save_threshold`: also fit a site threshold on these images and write it there, by
+  `site_rule` ('' = the run's rule on the labels; 'mixture' = from the images alone).
   """
   import jax  # pylint: disable=g-import-not-at-top  # not before --help (nor below)
   from spp_resnet.data import batching, preprocess, sources  # pylint: disable=g-import-not-at-top
@@ -114,6 +119,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   result.step = step = restored.step
   normalization = restored.normalization
   refit = _refit(result, config, refit_threshold, refit_repeats) if refit_threshold else None
+  label_free = _label_free(result) if num_classes == 2 else None
   their = ext_labels[keep]
   by_their_class = None
   if num_classes == 2 and len(np.unique(their)) > len(np.unique(mapping[their])):
@@ -128,7 +134,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
   counts = {name: int(np.sum(ext_labels[keep] == i)) for i, name in enumerate(pooled.class_names)}
   site = None
   if save_threshold:
-    site = site_threshold.fit(restored, result.probs[:, 1], result.labels, dataset=dataset,
+    site = site_threshold.fit(restored, result.probs[:, 1], result.labels, site_rule,
+                              dataset=dataset,
                               manual_dir=manual_dir, their_class_counts=counts,
                               command=command)
   # Created only now: a mapping error or a missing checkpoint leaves no empty folder.
@@ -158,6 +165,7 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
       f'- Device: {device}; date: {now}; run time {wall:.0f} s', '', '',
   ]
   refit_text = _by_their_class_text(by_their_class) if by_their_class else ''
+  refit_text += _label_free_text(label_free) if label_free else ''
   refit_text += _refit_text(refit) if refit else ''
   if site:
     site_threshold.write(site, save_threshold)
@@ -179,6 +187,8 @@ def evaluate_external(workdir: str, dataset: str, *, manual_dir: str = '', data_
              'command': command, 'date': now, 'device': device, 'wall_s': wall}
   if by_their_class:
     summary['by_their_class'] = by_their_class
+  if label_free:
+    summary['label_free_threshold'] = label_free
   if refit:
     summary['refit_threshold'] = refit
   if restored.threshold_source:
@@ -288,6 +298,33 @@ def _by_their_class_text(rows: list[dict]) -> str:
       ''])
 
 
+def _label_free(result) -> dict:
+  """What a threshold fitted on these images without their labels gives (mixture)."""
+  scores = result.probs[:, 1]
+  try:
+    fitted = metrics_lib.mixture_threshold(scores)
+  except ValueError as e:
+    return {'skipped': str(e)}
+  called, positive = scores >= fitted['threshold'], np.asarray(result.labels) == 1
+  return {**fitted,
+          'sensitivity': float(called[positive].mean()) if positive.any() else None,
+          'specificity': float((~called[~positive]).mean()) if (~positive).any() else None}
+
+
+def _label_free_text(fit: dict) -> str:
+  if 'skipped' in fit:
+    return f'\nNo label-free threshold on these images: {fit["skipped"]}\n'
+  def share(key):
+    return 'n/a' if fit[key] is None else f'{fit[key]:.4f}'
+  return (f'\n## A threshold from these images without their labels\n\n'
+          f'Two Gaussians fitted to the model\'s logits on these images cross at P(positive) '
+          f'{fit["threshold"]:.4f} (`metrics.mixture_threshold`; it puts '
+          f'{fit["positive_share"]:.3f} of the images in the upper one). At it: sensitivity '
+          f'{share("sensitivity")}, specificity {share("specificity")} (the labels only score '
+          'it). `--site_rule=mixture --save_threshold=FILE` saves it; '
+          '`spp_resnet.predict --fit_threshold=FILE` fits it on unlabelled scans.\n')
+
+
 def _refit_text(refit: dict) -> str:
   if 'skipped' in refit:
     return f'\nThreshold not refitted on this dataset: {refit["skipped"]}\n'
@@ -355,6 +392,9 @@ def _define_flags():
   flags.DEFINE_string('save_threshold', '', 'Fit a threshold on all these images (the '
                       "run's rule) and write it to this JSON file, for --threshold here and "
                       'in spp_resnet.predict.')
+  flags.DEFINE_enum('site_rule', '', ['', 'mixture'], "How --save_threshold fits: '' = the "
+                    "run's rule on the labels; 'mixture' = from the images alone (labels "
+                    'unused: where two Gaussians fitted to the logits cross).')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -371,7 +411,8 @@ def main(argv):
                       ignore_classes=FLAGS.ignore_classes, step=FLAGS.step,
                       batch_size=FLAGS.batch_size, refit_threshold=FLAGS.refit_threshold,
                       refit_repeats=FLAGS.refit_repeats, threshold=FLAGS.threshold,
-                      save_threshold=FLAGS.save_threshold, argv=sys.argv)
+                      save_threshold=FLAGS.save_threshold, site_rule=FLAGS.site_rule,
+                      argv=sys.argv)
 
 
 def run():

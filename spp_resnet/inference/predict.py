@@ -8,6 +8,10 @@ run's training images were (`RestoredModel.prepare`) and classified in fixed-siz
 (the last one padded: one compile), on device, at the run's decision threshold, or at
 --threshold: a probability, or a site threshold fitted on labelled images of the site
 (`evaluate_external --save_threshold`, `inference/site_threshold.py`).
+--fit_threshold=FILE fits a site threshold on the given scans themselves, without labels
+(where two Gaussians fitted to the model's logits cross; a batch of the site's scans
+holding both classes in numbers), writes it to FILE for later --threshold=FILE, and
+decides these scans at it.
 
 Output (--out, default WORKDIR/predictions/predictions.csv):
 - CSV: one row per slice: path, slice (frame or slice number; empty for a 2-D file),
@@ -38,6 +42,7 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -319,6 +324,24 @@ class _Progress:
                  self.slices / max(seconds, 1e-9), skipped)
 
 
+def fit_site_threshold(predictor: 'Predictor', report: Report, path: str,
+                       **about: Any) -> Report:
+  """Fits a site threshold on `report`'s slices without labels (rule 'mixture'), writes
+  it to `path`, and returns the report decided at it."""
+  record = site_threshold.fit(predictor.restored, report.probs[:, 1], None, 'mixture',
+                              num_files=len({p.path for p in report.predictions}), **about)
+  site_threshold.write(record, path)
+  threshold = record['threshold']
+  logging.info('Site threshold %.4f fitted on %d slices without labels (%.3f called %s); '
+               'written to %s.', threshold, record['num_images'], record['called_positive'],
+               report.class_names[1], path)
+  return dataclasses.replace(
+      report, threshold=threshold,
+      predictions=[dataclasses.replace(p, predicted=int(p.probs[1] >= threshold))
+                   for p in report.predictions],
+      run={**report.run, 'threshold_source': f'site threshold {path} (fitted on these scans)'})
+
+
 def _define_flags():
   flags.DEFINE_string('workdir', None, 'The trained run (checkpoints/, config.json).')
   flags.DEFINE_string('out', '', 'Output file, .csv or .json (default '
@@ -334,6 +357,9 @@ def _define_flags():
                       "'none', or CENTER,WIDTH in the rescaled units.")
   flags.DEFINE_string('nifti_axis', 'axial', 'NIfTI slicing axis: axial, coronal, '
                       'sagittal (after reorienting to RAS+), or 0, 1, 2.')
+  flags.DEFINE_string('fit_threshold', '', 'Fit a site threshold on these scans without '
+                      'labels (two Gaussians on the logits), write it to this JSON file, '
+                      'and decide the scans at it.')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -350,7 +376,13 @@ def main(argv):
         nifti_axis=int(axis) if axis.isdigit() else axis)
     out = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions', 'predictions.csv')
     cam_dir = os.path.join(os.path.dirname(os.path.abspath(out)), 'gradcam') if FLAGS.cam else ''
+    if FLAGS.fit_threshold and (FLAGS.threshold or cam_dir):
+      raise ValueError('--fit_threshold decides at the threshold it fits: not with '
+                       '--threshold, nor with --cam (run --cam again with --threshold=FILE).')
     report = predictor.predict(paths, cam_dir=cam_dir, cam_class=FLAGS.cam_class)
+    if FLAGS.fit_threshold and report.predictions:
+      report = fit_site_threshold(predictor, report, FLAGS.fit_threshold,
+                                  command=' '.join(sys.argv))
     written = report.write(out)
   print(f'{len(report.predictions)} slices predicted, {len(report.skipped)} files skipped; '
         f'written to {", ".join(written)}' + (f' and {cam_dir}' if cam_dir else ''))

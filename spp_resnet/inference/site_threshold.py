@@ -20,6 +20,12 @@ Youden's J, or the target sensitivity; a run with a fixed threshold gets Youden'
 Metrics measured on the images the threshold was fitted on are optimistic;
 `evaluate_external --refit_threshold=N` estimates what a sample of N images per class
 gives on the rest.
+
+Without labels: `predict --fit_threshold=FILE SCANS...` (or `evaluate_external
+--site_rule=mixture --save_threshold=FILE`, which scores it with the labels it has)
+fits the threshold on the site's unlabelled images alone, where two Gaussians fitted
+to the model's logits cross (`metrics.mixture_threshold`). It needs a batch holding
+both classes in numbers, and it is only as good as the model's ranking there.
 """
 
 from __future__ import annotations
@@ -60,16 +66,20 @@ def fingerprint(restored) -> str:
   return digest.hexdigest()[:16]
 
 
-def fit(restored, positive_probs: np.ndarray, labels: np.ndarray,
-        **about: Any) -> dict[str, Any]:
-  """The site threshold of `restored` on these labelled images, as the file records it.
+def fit(restored, positive_probs: np.ndarray, labels: np.ndarray | None,
+        rule: str = '', **about: Any) -> dict[str, Any]:
+  """The site threshold of `restored` on these images, as the file records it.
 
-  `positive_probs`: P(class_names[1]) per image; `labels`: 0/1. `about`: where the images
-  came from (dataset, folder, command), copied into the record.
+  `positive_probs`: P(class_names[1]) per image; `labels`: 0/1. `rule`: '' for the run's
+  own (`rule_of`), or 'mixture': from the images alone, labels unused and may be None
+  (`metrics.mixture_threshold`: where two Gaussians fitted to the logits cross).
+  `about`: where the images came from (dataset, folder, command), copied into the record.
   """
   if len(restored.class_names) != 2:
     raise SiteThresholdError(f'{restored.workdir} has {len(restored.class_names)} classes: '
                              'only a binary model has a decision threshold.')
+  if rule == 'mixture':
+    return _fit_mixture(restored, positive_probs, labels, about)
   labels = np.asarray(labels).astype(bool)
   counts = {restored.class_names[0]: int((~labels).sum()),
             restored.class_names[1]: int(labels.sum())}
@@ -92,6 +102,31 @@ def fit(restored, positive_probs: np.ndarray, labels: np.ndarray,
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       **about,
   }
+
+
+def _fit_mixture(restored, positive_probs, labels, about) -> dict[str, Any]:
+  try:
+    mixture = metrics_lib.mixture_threshold(positive_probs)
+  except ValueError as e:
+    raise SiteThresholdError(f'No threshold from these images: {e}') from None
+  called = np.asarray(positive_probs) >= mixture['threshold']
+  record = {
+      'kind': KIND, 'threshold': mixture['threshold'], 'rule': 'mixture',
+      'positive_share': mixture['positive_share'],
+      'workdir': os.path.abspath(restored.workdir), 'model': restored.description,
+      'weights_sha256': fingerprint(restored), 'class_names': list(restored.class_names),
+      'num_images': int(len(called)), 'called_positive': float(called.mean()),
+      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      **about,
+  }
+  if labels is not None:  # scored only, never fitted on
+    labels = np.asarray(labels).astype(bool)
+    record['class_counts'] = {restored.class_names[0]: int((~labels).sum()),
+                              restored.class_names[1]: int(labels.sum())}
+    record['in_sample'] = {'sensitivity': float(called[labels].mean()) if labels.any() else None,
+                           'specificity': (float((~called[~labels]).mean())
+                                           if (~labels).any() else None)}
+  return record
 
 
 def write(record: dict[str, Any], path: str) -> None:
