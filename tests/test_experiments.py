@@ -369,3 +369,17 @@ def test_table3_rows_per_backbone(tmp_path):
   assert re.search(r'\| LeNet-5 \+SPP +\| 0\.9230 ', md)
   assert re.search(r'\| AlexNet \+SPP\+TL +\| 0\.9050 ', md)
   assert 'alexnet-owt-7be5be79.pth' in md and "Neamah et al.'s Table 3" in md
+
+
+def test_site_threshold_text_of_a_label_free_fit_on_one_class():
+  """A mixture threshold saved from a tumor-only folder: no specificity to report, and
+  the text says the labels did not fit it (no crash on the missing class)."""
+  site = {'rule': 'mixture', 'threshold': 0.25, 'num_images': 40,
+          'class_counts': {'no_tumor': 0, 'tumor': 40},
+          'in_sample': {'sensitivity': 0.9, 'specificity': None}}
+  text = ext._site_text(site, 'site.json')
+  assert 'P(positive) >= 0.2500 (mixture)' in text
+  assert 'sensitivity 0.9000, specificity n/a' in text
+  assert 'without their labels' in text and 'optimistic' not in text
+  labelled = {**site, 'rule': 'youden', 'in_sample': {'sensitivity': 0.9, 'specificity': 0.8}}
+  assert 'optimistic' in ext._site_text(labelled, 'site.json')

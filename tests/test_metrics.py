@@ -432,3 +432,10 @@ def test_mixture_threshold_finds_two_clusters_without_labels():
     M.mixture_threshold(scores[:9])
   with pytest.raises(ValueError, match='at least 10'):
     M.mixture_threshold(np.full(50, 0.3))
+
+
+def test_rates_at_a_threshold():
+  scores, labels = np.array([0.9, 0.4, 0.6, 0.1]), np.array([1, 1, 0, 0])
+  assert M.rates_at(scores, labels, 0.5) == {'sensitivity': 0.5, 'specificity': 0.5}
+  assert M.rates_at(scores, labels, 0.05) == {'sensitivity': 1.0, 'specificity': 0.0}
+  assert M.rates_at(scores[:2], labels[:2], 0.5) == {'sensitivity': 0.5, 'specificity': None}

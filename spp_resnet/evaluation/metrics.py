@@ -384,6 +384,16 @@ def refit_threshold(scores: np.ndarray, labels: np.ndarray, per_class: int, rule
   return summary
 
 
+def rates_at(scores: np.ndarray, labels: np.ndarray,
+             threshold: float) -> dict[str, float | None]:
+  """{'sensitivity', 'specificity'} of calling scores >= `threshold` positive; None for a
+  class with no image."""
+  called = np.asarray(scores).ravel() >= threshold
+  positive = np.asarray(labels).ravel().astype(bool)
+  return {'sensitivity': float(called[positive].mean()) if positive.any() else None,
+          'specificity': float((~called[~positive]).mean()) if (~positive).any() else None}
+
+
 def mixture_threshold(scores: np.ndarray, iterations: int = 500) -> dict:
   """A decision threshold from unlabelled scores: where two Gaussians fitted to them cross.
 

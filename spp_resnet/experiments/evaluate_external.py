@@ -305,10 +305,7 @@ def _label_free(result) -> dict:
     fitted = metrics_lib.mixture_threshold(scores)
   except ValueError as e:
     return {'skipped': str(e)}
-  called, positive = scores >= fitted['threshold'], np.asarray(result.labels) == 1
-  return {**fitted,
-          'sensitivity': float(called[positive].mean()) if positive.any() else None,
-          'specificity': float((~called[~positive]).mean()) if (~positive).any() else None}
+  return {**fitted, **metrics_lib.rates_at(scores, result.labels, fitted['threshold'])}
 
 
 def _label_free_text(fit: dict) -> str:
@@ -343,13 +340,15 @@ def _refit_text(refit: dict) -> str:
 
 def _site_text(site: dict, path: str) -> str:
   rule = site['rule'] + (f' {site["target_sensitivity"]}' if 'target_sensitivity' in site else '')
-  fit = site['in_sample']
+  rates = ', '.join(f'{k} ' + ('n/a' if v is None else f'{v:.4f}')
+                    for k, v in site['in_sample'].items())
+  how = ('without their labels, which only score it here'
+         if site['rule'] == 'mixture' else
+         'optimistic: fitted on them; --refit_threshold=N estimates it on held-out images')
   return (f'\n## Site threshold saved to {path}\n\n'
           f'P(positive) >= {site["threshold"]:.4f} ({rule}), fitted on all '
-          f'{site["num_images"]} images above {site["class_counts"]}: sensitivity '
-          f'{fit["sensitivity"]:.4f}, specificity {fit["specificity"]:.4f} on those same '
-          'images (optimistic; --refit_threshold=N estimates it on held-out images). '
-          f'Use it with --threshold={path} here or in spp_resnet.predict.\n')
+          f'{site["num_images"]} images above {site["class_counts"]}: {rates} on those same '
+          f'images ({how}). Use it with --threshold={path} here or in spp_resnet.predict.\n')
 
 
 def _threshold_text(threshold, config, source: str = '') -> str:

@@ -89,7 +89,6 @@ def fit(restored, positive_probs: np.ndarray, labels: np.ndarray | None,
   rule, target = rule_of(restored.config)
   threshold = metrics_lib.choose_threshold(positive_probs, labels, rule,
                                            target_sensitivity=target)
-  called = np.asarray(positive_probs) >= threshold
   return {
       'kind': KIND, 'threshold': threshold, 'rule': rule,
       **({'target_sensitivity': target} if rule == 'sensitivity' else {}),
@@ -97,8 +96,7 @@ def fit(restored, positive_probs: np.ndarray, labels: np.ndarray | None,
       'weights_sha256': fingerprint(restored), 'class_names': list(restored.class_names),
       'num_images': int(len(labels)), 'class_counts': counts,
       # On the fitting images themselves: optimistic (see the module docstring).
-      'in_sample': {'sensitivity': float(called[labels].mean()),
-                    'specificity': float((~called[~labels]).mean())},
+      'in_sample': metrics_lib.rates_at(positive_probs, labels, threshold),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       **about,
   }
@@ -123,9 +121,7 @@ def _fit_mixture(restored, positive_probs, labels, about) -> dict[str, Any]:
     labels = np.asarray(labels).astype(bool)
     record['class_counts'] = {restored.class_names[0]: int((~labels).sum()),
                               restored.class_names[1]: int(labels.sum())}
-    record['in_sample'] = {'sensitivity': float(called[labels].mean()) if labels.any() else None,
-                           'specificity': (float((~called[~labels]).mean())
-                                           if (~labels).any() else None)}
+    record['in_sample'] = metrics_lib.rates_at(positive_probs, labels, mixture['threshold'])
   return record
 
 
