@@ -216,7 +216,7 @@ def test_matrix(tmp_path):
   row = next(l for l in section.splitlines() if l.startswith('| phantom'))
   assert [c.strip() for c in row.strip('|').split('|')][1:] == [
       'trained on', f'{fit["sensitivity"]:.3f} / {fit["specificity"]:.3f} '
-      f'(at {fit["threshold"]:.3f})', 'n/a']
+      f'(at {fit["threshold"]:.3f}, D {fit["separation"]:.1f})', 'n/a']
   # Against the baseline, paired over the same images: the same model differs by 0.
   assert cells['copy']['both']['vs_baseline'] == [0.0, 0.0, 0.0]
   section = md.split('## ROC AUC against the baseline trained on the same data, paired')[1]

@@ -428,6 +428,11 @@ def test_mixture_threshold_finds_two_clusters_without_labels():
   assert (scores[labels] >= 0.5).mean() < 0.05  # a fixed 0.5 finds almost none
   # Equal spreads and weights: the crossing sits half way (logit -3).
   assert np.log(fit['threshold'] / (1 - fit['threshold'])) == pytest.approx(-3.0, abs=0.3)
+  # Ashman's D of the two clusters: sqrt(2) * 4 / sqrt(0.5 ** 2 * 2) = 8; one cluster
+  # split in two by the fit: well below 2.
+  assert fit['separation'] == pytest.approx(8.0, rel=0.1)
+  one = M.mixture_threshold(1 / (1 + np.exp(-rng.normal(0.0, 1.0, 400))))
+  assert one['separation'] < 2.0
   with pytest.raises(ValueError, match='at least 10'):
     M.mixture_threshold(scores[:9])
   with pytest.raises(ValueError, match='at least 10'):

@@ -266,6 +266,7 @@ def test_site_threshold_fitted_on_unlabelled_scans(predictor, tmp_path):
   assert record['rule'] == 'mixture' and record['num_images'] == 14
   assert record['threshold'] == pytest.approx(want['threshold'])
   assert record['positive_share'] == pytest.approx(want['positive_share'])
+  assert record['separation'] == pytest.approx(want['separation'])
   assert 'in_sample' not in record  # no labels, nothing to score
   assert decided.threshold == record['threshold']
   np.testing.assert_array_equal(decided.classes, decided.probs[:, 1] >= record['threshold'])

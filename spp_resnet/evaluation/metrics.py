@@ -404,7 +404,9 @@ def mixture_threshold(scores: np.ndarray, iterations: int = 500) -> dict:
   the threshold is the first logit between the two means where the upper component's
   posterior reaches 1/2, back on the probability scale. Returns {'threshold',
   'positive_share' (the upper component's weight: an estimate of the share of positive
-  images), 'means', 'stds' (logits, lower component first)}. It assumes both classes are
+  images), 'means', 'stds' (logits, lower component first), 'separation' (Ashman's D,
+  sqrt(2) |mean difference| / sqrt(std_0^2 + std_1^2): above about 2 the two clusters
+  are distinct; below it the fit splits one cluster as readily as two)}. It assumes both classes are
   present in numbers and that the ranking separates them; docs/results.md measures
   where it holds.
 
@@ -436,7 +438,8 @@ def mixture_threshold(scores: np.ndarray, iterations: int = 500) -> dict:
   crossing = grid[np.argmax(upper)] if upper.any() else (mean[0] + mean[1]) / 2
   return {'threshold': float(1 / (1 + np.exp(-crossing))),
           'positive_share': float(weight[1]),
-          'means': mean.tolist(), 'stds': std.tolist()}
+          'means': mean.tolist(), 'stds': std.tolist(),
+          'separation': float(np.sqrt(2) * (mean[1] - mean[0]) / np.hypot(std[0], std[1]))}
 
 
 def by_subgroup(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,

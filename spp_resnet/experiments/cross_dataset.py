@@ -490,14 +490,15 @@ def _label_free_section(result: dict) -> list[str]:
     if 'skipped' in fit or fit['sensitivity'] is None or fit['specificity'] is None:
       return NA
     return (f'{fit["sensitivity"]:.3f} / {fit["specificity"]:.3f} '
-            f'(at {fit["threshold"]:.3f})')
+            f'(at {fit["threshold"]:.3f}, D {fit["separation"]:.1f})')
 
   names = list(result['datasets'])
   rows = [[run] + [text(cells[run][n]) for n in names] for run in result['runs']]
   return ['## Sensitivity / specificity at a threshold fitted on the test set without labels',
           '', 'Where two Gaussians fitted to the model\'s logits on ALL the test images cross '
           '(`metrics.mixture_threshold`): what a site gets from its unlabelled images '
-          '(`spp_resnet.predict --fit_threshold`). The labels only score it. '
+          '(`spp_resnet.predict --fit_threshold`). The labels only score it. D: the '
+          "two Gaussians' separation (Ashman's D; about 2 or more for distinct clusters). "
           f'"{NA}": a test set with one class.', '',
           metrics_lib.markdown_table(['train \\ test'] + names, rows), '']
 

@@ -316,7 +316,9 @@ def _label_free_text(fit: dict) -> str:
   return (f'\n## A threshold from these images without their labels\n\n'
           f'Two Gaussians fitted to the model\'s logits on these images cross at P(positive) '
           f'{fit["threshold"]:.4f} (`metrics.mixture_threshold`; it puts '
-          f'{fit["positive_share"]:.3f} of the images in the upper one). At it: sensitivity '
+          f'{fit["positive_share"]:.3f} of the images in the upper one; their separation, '
+          f"Ashman's D, is {fit['separation']:.2f}: about 2 or more for two distinct "
+          'clusters). At it: sensitivity '
           f'{share("sensitivity")}, specificity {share("specificity")} (the labels only score '
           'it). `--site_rule=mixture --save_threshold=FILE` saves it; '
           '`spp_resnet.predict --fit_threshold=FILE` fits it on unlabelled scans.\n')

@@ -110,7 +110,7 @@ def _fit_mixture(restored, positive_probs, labels, about) -> dict[str, Any]:
   called = np.asarray(positive_probs) >= mixture['threshold']
   record = {
       'kind': KIND, 'threshold': mixture['threshold'], 'rule': 'mixture',
-      'positive_share': mixture['positive_share'],
+      'positive_share': mixture['positive_share'], 'separation': mixture['separation'],
       'workdir': os.path.abspath(restored.workdir), 'model': restored.description,
       'weights_sha256': fingerprint(restored), 'class_names': list(restored.class_names),
       'num_images': int(len(called)), 'called_positive': float(called.mean()),
