@@ -267,6 +267,7 @@ def test_site_threshold_fitted_on_unlabelled_scans(predictor, tmp_path):
   assert record['threshold'] == pytest.approx(want['threshold'])
   assert record['positive_share'] == pytest.approx(want['positive_share'])
   assert record['separation'] == pytest.approx(want['separation'])
+  assert ('warning' in record) == (want['separation'] < site_threshold.MIN_SEPARATION)
   assert 'in_sample' not in record  # no labels, nothing to score
   assert decided.threshold == record['threshold']
   np.testing.assert_array_equal(decided.classes, decided.probs[:, 1] >= record['threshold'])
@@ -278,3 +279,19 @@ def test_site_threshold_fitted_on_unlabelled_scans(predictor, tmp_path):
   with pytest.raises(site_threshold.SiteThresholdError, match='at least 10'):
     predict_lib.fit_site_threshold(predictor, predictor.predict(arrays[:4]),
                                    str(tmp_path / 'few.json'))
+
+
+def test_site_threshold_from_overlapping_clusters_carries_a_warning(predictor, tmp_path,
+                                                                    monkeypatch):
+  """Two clusters that overlap (Ashman's D below 2): the file and the log say that the
+  threshold may not separate the classes; the threshold is still written and used."""
+  report = predictor.predict([_mri_slice().astype(np.float32) * k
+                              for k in np.linspace(0.2, 1.0, 12)])
+  fitted = {'threshold': 0.4, 'positive_share': 0.5, 'means': [-1.0, 1.0],
+            'stds': [1.0, 1.0], 'separation': 1.41}
+  monkeypatch.setattr(metrics_lib, 'mixture_threshold', lambda scores: fitted)
+  path = tmp_path / 'site.json'
+  decided = predict_lib.fit_site_threshold(predictor, report, str(path))
+  record = json.loads(path.read_text())
+  assert "Ashman's D 1.41 < 2" in record['warning']
+  assert record['threshold'] == decided.threshold == 0.4

@@ -335,6 +335,8 @@ def fit_site_threshold(predictor: 'Predictor', report: Report, path: str,
   logging.info('Site threshold %.4f fitted on %d slices without labels (%.3f called %s); '
                'written to %s.', threshold, record['num_images'], record['called_positive'],
                report.class_names[1], path)
+  if 'warning' in record:
+    logging.warning('Site threshold %s: %s.', path, record['warning'])
   return dataclasses.replace(
       report, threshold=threshold,
       predictions=[dataclasses.replace(p, predicted=int(p.probs[1] >= threshold))

@@ -44,6 +44,10 @@ import numpy as np
 from spp_resnet.evaluation import metrics as metrics_lib
 
 KIND = 'spp_resnet site threshold'
+# Below this separation of the two Gaussians (Ashman's D) a label-free fit gets a
+# warning: in docs/results.md the fits that failed had D 1.4-1.9, those that worked
+# mostly above 2 ("The label-free threshold on a site's batches").
+MIN_SEPARATION = 2.0
 
 
 class SiteThresholdError(ValueError):
@@ -117,6 +121,11 @@ def _fit_mixture(restored, positive_probs, labels, about) -> dict[str, Any]:
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       **about,
   }
+  if mixture['separation'] < MIN_SEPARATION:
+    record['warning'] = (
+        f"the two clusters of logits overlap (Ashman's D {mixture['separation']:.2f} < "
+        f'{MIN_SEPARATION:g}): the threshold may not separate the classes here; check it '
+        'on labelled images of the site before relying on it')
   if labels is not None:  # scored only, never fitted on
     labels = np.asarray(labels).astype(bool)
     record['class_counts'] = {restored.class_names[0]: int((~labels).sum()),
