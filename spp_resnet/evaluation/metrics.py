@@ -406,9 +406,9 @@ def mixture_threshold(scores: np.ndarray, iterations: int = 500) -> dict:
   'positive_share' (the upper component's weight: an estimate of the share of positive
   images), 'means', 'stds' (logits, lower component first), 'separation' (Ashman's D,
   sqrt(2) |mean difference| / sqrt(std_0^2 + std_1^2): above about 2 the two clusters
-  are distinct; below it the fit splits one cluster as readily as two)}. It assumes both classes are
-  present in numbers and that the ranking separates them; docs/results.md measures
-  where it holds.
+  are distinct; below it the fit splits one cluster as readily as two)}. It assumes
+  both classes are present in numbers and that the ranking separates them;
+  docs/results.md measures where it holds.
 
   Raises ValueError for fewer than 10 scores or scores that are all equal.
   """

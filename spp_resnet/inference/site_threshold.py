@@ -46,7 +46,7 @@ from spp_resnet.evaluation import metrics as metrics_lib
 KIND = 'spp_resnet site threshold'
 # Below this separation of the two Gaussians (Ashman's D) a label-free fit gets a
 # warning: in docs/results.md the fits that failed had D 1.4-1.9, those that worked
-# mostly above 2 ("The label-free threshold on a site's batches").
+# mostly above 2 ("Reruns on a third VM; the label-free threshold on a site's batches").
 MIN_SEPARATION = 2.0
 
 
