@@ -383,3 +383,7 @@ def test_site_threshold_text_of_a_label_free_fit_on_one_class():
   assert 'without their labels' in text and 'optimistic' not in text
   labelled = {**site, 'rule': 'youden', 'in_sample': {'sensitivity': 0.9, 'specificity': 0.8}}
   assert 'optimistic' in ext._site_text(labelled, 'site.json')
+  assert 'Warning' not in text
+  overlapping = ext._site_text({**site, 'warning': 'the two clusters of logits overlap'},
+                               'site.json')
+  assert overlapping.endswith('**Warning:** the two clusters of logits overlap.\n')

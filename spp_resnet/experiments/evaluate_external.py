@@ -350,7 +350,8 @@ def _site_text(site: dict, path: str) -> str:
   return (f'\n## Site threshold saved to {path}\n\n'
           f'P(positive) >= {site["threshold"]:.4f} ({rule}), fitted on all '
           f'{site["num_images"]} images above {site["class_counts"]}: {rates} on those same '
-          f'images ({how}). Use it with --threshold={path} here or in spp_resnet.predict.\n')
+          f'images ({how}). Use it with --threshold={path} here or in spp_resnet.predict.\n'
+          + (f'\n**Warning:** {site["warning"]}.\n' if 'warning' in site else ''))
 
 
 def _threshold_text(threshold, config, source: str = '') -> str:
