@@ -45,8 +45,9 @@ from spp_resnet.evaluation import metrics as metrics_lib
 
 KIND = 'spp_resnet site threshold'
 # Below this separation of the two Gaussians (Ashman's D) a label-free fit gets a
-# warning: in docs/results.md the fits that failed had D 1.4-1.9, those that worked
-# mostly above 2 ("Reruns on a third VM; the label-free threshold on a site's batches").
+# warning. 2 is the usual cut-off for two clean clusters; in docs/results.md ("Reruns
+# on a third VM; the label-free threshold on a site's batches") the fits that failed
+# had D 1.4-1.9, those that worked mostly above 2.
 MIN_SEPARATION = 2.0
 
 
