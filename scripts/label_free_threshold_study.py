@@ -66,15 +66,16 @@ def study(scores: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
   scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
   positive, negative = np.flatnonzero(labels), np.flatnonzero(~labels)
   rng = np.random.default_rng(seed)
-  plans = [(n, s, draws) for n in sizes for s in shares
+  # (N, share, draws, whole set?): the whole set comes last, fitted once.
+  plans = [(n, s, draws, False) for n in sizes for s in shares
            if round(n * s) <= len(positive) and n - round(n * s) <= len(negative)]
-  plans.append((len(labels), labels.mean(), 1))
+  plans.append((len(labels), labels.mean(), 1, True))
   results = []
-  for n, share, repeats in plans:
+  for n, share, repeats, whole in plans:
     row = {'n': int(n), 'share': float(share), 'draws': int(repeats), 'refused': 0,
            'sensitivity': [], 'specificity': [], 'estimated_share': [], 'separation': []}
     for _ in range(repeats):
-      if repeats == 1:
+      if whole:
         batch = np.arange(len(labels))
       else:
         k = round(n * share)

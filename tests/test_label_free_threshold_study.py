@@ -36,6 +36,10 @@ def test_batches_have_the_asked_size_and_share_and_are_scored_on_the_whole_set()
   # 5 tumors in 50 are harder to find as a cluster than 25: a wider spread.
   low = rows[0]
   assert np.percentile(low['sensitivity'], 5) < np.percentile(big['sensitivity'], 5)
+  # One draw is a random batch too, not the whole set.
+  one = study_lib.study(*_cell(n_neg=400, n_pos=100), sizes=[50], shares=[0.5], draws=1)[0]
+  assert one['draws'] == 1 and one['n'] == 50
+  assert one['estimated_share'][0] == pytest.approx(0.5, abs=0.1)  # the set's is 0.2
   table = study_lib.format_study(rows)
   assert table.splitlines()[0].startswith('|   N | tumor share | draws |')
   assert len(table.splitlines()) == 2 + 3
