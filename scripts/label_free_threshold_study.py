@@ -19,7 +19,6 @@ whole set at its own share, once.
 
 from __future__ import annotations
 
-import csv
 import sys
 from typing import Sequence
 
@@ -27,6 +26,7 @@ from absl import app, flags
 import numpy as np
 
 from spp_resnet.evaluation import metrics as metrics_lib
+from spp_resnet.experiments import evaluate_external
 
 flags.DEFINE_list('sizes', ['20', '50', '100', '200'], 'Batch sizes N.')
 flags.DEFINE_list('shares', ['0.1', '0.25', '0.5'], 'Tumor shares of a batch.')
@@ -39,15 +39,7 @@ TARGET = 0.85
 
 def read_predictions(path: str) -> tuple[np.ndarray, np.ndarray, str]:
   """(P(positive), 0/1 labels, positive class name) from a binary predictions.csv."""
-  with open(path, newline='', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  columns = [k for k in (rows[0] if rows else {}) if k.startswith('p_')]
-  if len(columns) != 2:
-    raise ValueError(f'{path}: expected a binary predictions.csv (two p_<class> columns), '
-                     f'got {columns or "no rows"}')
-  positive = columns[1][2:]
-  scores = np.array([float(r[columns[1]]) for r in rows])
-  labels = np.array([r['true'] == positive for r in rows], np.int64)
+  _, scores, labels, positive = evaluate_external.read_binary_predictions(path)
   return scores, labels, positive
 
 

@@ -40,7 +40,6 @@ its threshold refitted on N labelled images per class of that test set (evaluate
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import json
@@ -314,10 +313,9 @@ def build_matrix(runs: dict[str, str], datasets: dict[str, DatasetSpec], out: st
 
 def _cell_scores(cell: dict) -> dict[str, tuple[float, bool]]:
   """{filename: (P(positive class), is positive)} from a binary cell's predictions.csv."""
-  with open(os.path.join(cell['out'], 'predictions.csv'), newline='', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  positive = [k for k in rows[0] if k.startswith('p_')][1] if rows else ''
-  return {r['filename']: (float(r[positive]), r['true'] == positive[2:]) for r in rows}
+  files, scores, labels, _ = ext.read_binary_predictions(
+      os.path.join(cell['out'], 'predictions.csv'))
+  return {f: (float(p), bool(y)) for f, p, y in zip(files, scores, labels)}
 
 
 def baseline_for(run: str, run_info: dict, baselines) -> str:

@@ -298,6 +298,20 @@ def _by_their_class_text(rows: list[dict]) -> str:
       ''])
 
 
+def read_binary_predictions(path: str) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+  """(filenames, P(positive class), 0/1 labels, positive class name) from the
+  predictions.csv of a binary evaluation. ValueError if it is not binary."""
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  columns = [k for k in (rows[0] if rows else {}) if k.startswith('p_')]
+  if len(columns) != 2:
+    raise ValueError(f'{path}: expected a binary predictions.csv (two p_<class> columns), '
+                     f'got {columns or "no rows"}')
+  positive = columns[1][2:]
+  return ([r['filename'] for r in rows], np.array([float(r[columns[1]]) for r in rows]),
+          np.array([r['true'] == positive for r in rows], np.int64), positive)
+
+
 def _label_free(result) -> dict:
   """What a threshold fitted on these images without their labels gives (mixture)."""
   scores = result.probs[:, 1]
