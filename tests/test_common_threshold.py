@@ -1,12 +1,13 @@
 """scripts/common_threshold.py: the best single threshold over several sites, and each's."""
 
-import csv
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests.test_label_free_threshold_study import write_predictions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))
@@ -17,15 +18,6 @@ sys.path.pop(0)
 # each has thresholds that separate it, but none separates both.
 SOURCE = (np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.array([0, 0, 0, 1, 1, 1]))
 SHIFTED = (np.array([0.05, 0.06, 0.07, 0.15, 0.16, 0.17]), np.array([0, 0, 0, 1, 1, 1]))
-
-
-def _write_predictions(path, scores, labels):
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    w = csv.writer(f)
-    w.writerow(['filename', 'their_class', 'true', 'predicted', 'p_no_tumor', 'p_tumor'])
-    for i, (p, y) in enumerate(zip(scores, labels)):
-      name = ['no_tumor', 'tumor'][y]
-      w.writerow([f'{i}.jpg', name, name, 'no_tumor', 1 - p, p])
 
 
 def test_each_site_alone_is_separable_but_no_threshold_serves_both():
@@ -50,8 +42,8 @@ def test_table_reads_every_threshold_on_every_site():
 
 
 def test_command_line_reads_predictions_files(tmp_path):
-  _write_predictions(tmp_path / 'a.csv', *SOURCE)
-  _write_predictions(tmp_path / 'b.csv', *SHIFTED)
+  write_predictions(tmp_path / 'a.csv', *SOURCE)
+  write_predictions(tmp_path / 'b.csv', *SHIFTED)
   proc = subprocess.run(
       [sys.executable, 'scripts/common_threshold.py', f'a={tmp_path / "a.csv"}',
        f'b={tmp_path / "b.csv"}'], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -63,7 +55,7 @@ def test_command_line_reads_predictions_files(tmp_path):
 
 @pytest.mark.slow
 def test_a_runs_own_test_split_is_a_site(phantom_run, tmp_path):
-  _write_predictions(tmp_path / 'b.csv', *SHIFTED)
+  write_predictions(tmp_path / 'b.csv', *SHIFTED)
   proc = subprocess.run(
       [sys.executable, 'scripts/common_threshold.py', f'--run={phantom_run}',
        f'b={tmp_path / "b.csv"}'], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -45,15 +45,20 @@ def test_batches_have_the_asked_size_and_share_and_are_scored_on_the_whole_set()
   assert len(table.splitlines()) == 2 + 3
 
 
-def test_command_line_reads_a_predictions_csv(tmp_path):
-  scores, labels = _cell(n_neg=60, n_pos=40)
-  path = tmp_path / 'predictions.csv'
+def write_predictions(path, scores, labels):
+  """A binary predictions.csv as evaluate_external writes it (also tests/test_common_threshold)."""
   with open(path, 'w', newline='', encoding='utf-8') as f:
     w = csv.writer(f)
     w.writerow(['filename', 'their_class', 'true', 'predicted', 'p_no_tumor', 'p_tumor'])
     for i, (p, y) in enumerate(zip(scores, labels)):
       name = ['no_tumor', 'tumor'][y]
       w.writerow([f'{i}.jpg', name, name, 'no_tumor', 1 - p, p])
+
+
+def test_command_line_reads_a_predictions_csv(tmp_path):
+  scores, labels = _cell(n_neg=60, n_pos=40)
+  path = tmp_path / 'predictions.csv'
+  write_predictions(path, scores, labels)
   got = study_lib.read_predictions(str(path))
   np.testing.assert_allclose(got[0], scores, rtol=1e-6)
   assert got[1].tolist() == labels.tolist() and got[2] == 'tumor'
