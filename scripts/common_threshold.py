@@ -66,10 +66,8 @@ def run_sets(workdir: str, splits: list[str]) -> dict[str, tuple[np.ndarray, np.
   """The run's own splits (those it has of `splits`), predicted by its kept model."""
   from spp_resnet.training import restore  # pylint: disable=g-import-not-at-top  # loads JAX
   restored = restore.restore_for_inference(workdir)
-  split = restored.config.data.split
-  has_val = split.get('val_fraction', 0) > 0 or split.get('val_dataset', '')
-  probs, _ = restore.predict_splits(
-      restored, tuple(s for s in splits if s != 'val' or has_val))
+  have = restore.run_splits(restored.config)
+  probs, _ = restore.predict_splits(restored, tuple(s for s in splits if s in have))
   return {f'own {name}': (np.asarray(p)[:, 1], np.asarray(l)) for name, (p, l) in probs.items()}
 
 

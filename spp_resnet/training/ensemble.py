@@ -77,8 +77,7 @@ def _assemble(config: ml_collections.ConfigDict, workdir: str,
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('spp_resnet ensemble.json written')
   restored = restore.restore_for_inference(workdir)
-  split = config.data.split
-  has_val = bool(split.val_fraction > 0 or split.val_dataset)
+  has_val = 'val' in restore.run_splits(config)
   probs, summary = restore.predict_splits(restored, ('val', 'test') if has_val else ('test',))
   selection = None
   threshold = float(config.selection.fixed_threshold)

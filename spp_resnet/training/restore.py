@@ -315,6 +315,13 @@ def predict_splits(restored: RestoredModel, splits: tuple[str, ...]
     pipeline.close()
 
 
+def run_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits a run's config makes: ('train', 'val', 'test'), or without 'val'."""
+  split = config.data.split
+  has_val = split.get('val_fraction', 0) > 0 or split.get('val_dataset', '')
+  return ('train', 'val', 'test') if has_val else ('train', 'test')
+
+
 def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None = None,
                         overrides: dict[str, Any] | None = None) -> train_lib.EvalResult:
   """WORKDIR's model (see `restore_for_inference`) on `split` of its own dataset and
@@ -323,14 +330,11 @@ def evaluate_checkpoint(workdir: str, split: str = 'test', *, step: int | None =
           or os.path.exists(os.path.join(workdir, ENSEMBLE_FILE))):
     raise FileNotFoundError(f'{workdir} holds no trained run (no checkpoints/ folder): '
                             'check --workdir, or train first with --mode=train.')
-  config = load_run_config(workdir)
-  split_config = config.data.split
-  has_val = split_config.get('val_fraction', 0) > 0 or split_config.get('val_dataset', '')
-  splits = ('train', 'val', 'test') if has_val else ('train', 'test')
+  splits = run_splits(load_run_config(workdir))
   if split not in splits:
     raise config_validation.ConfigError(
         f'--eval_split={split!r}: {workdir} has the splits {", ".join(splits)}'
-        + ('' if has_val else ' (it was trained without a validation split)') + '.')
+        + ('' if 'val' in splits else ' (it was trained without a validation split)') + '.')
   restored = restore_for_inference(workdir, step, overrides)
   probs, labels = predict_splits(restored, (split,))[0][split]
   result = train_lib.metrics_from_probs(probs, labels, restored.class_names,
