@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.backbone = 'resnet50'
   model.variant = 'v1'  # 'v1' (Keras, stride in the 1x1 conv) or 'v1.5' (torchvision)
   model.pooling = 'spp'  # 'spp' or 'gap'
+  model.ibn = ''  # ResNet + instance normalization as IBN-Net: '', 'a' or 'b' (no ImageNet weights)
   model.spp_levels = (1, 4, 8)  # 1 + 16 + 64 = 81 bins
   model.spp_mode = 'max'
   model.spp_channels = 0  # > 0: 1x1 conv to this many channels before SPP (paper's 256)

@@ -83,8 +83,9 @@ LEVERS = ('paper_augment', 'no_label_smoothing', 'no_class_weights', 'sgd', 'gap
 # Not levers of the recipe ablation: `ssl` needs an SSL run (--config.pretrained.path);
 # `plain` turns off everything the recipe adds but the crop; `ema` evaluates a moving
 # average of the weights; `ensemble` trains 3 seeds and averages them (see the docstring);
-# `mixup` blends training images and their labels (loss.mixup_alpha).
-OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble', 'mixup', 'strip')
+# `mixup` blends training images and their labels (loss.mixup_alpha); `ibn_a` / `ibn_b`
+# add instance normalization to the ResNet as IBN-Net's two layouts (model.ibn).
+OPTIONS = (*LEVERS, 'ssl', 'plain', 'ema', 'ensemble', 'mixup', 'strip', 'ibn_a', 'ibn_b')
 PLAIN = ('paper_augment', 'no_label_smoothing', 'no_class_weights')  # turned off by `plain`
 
 
@@ -180,6 +181,8 @@ def get_config(levers: str = ''):
       config.loss.mixup_alpha = 0.2  # Zhang et al.'s ImageNet value
     elif lever == 'strip':
       data.strip_rim = 0.1  # removes the scalp and skull ring of Bhuvaji's T1 heads
+    elif lever in ('ibn_a', 'ibn_b'):
+      model.ibn = lever[-1]
     elif lever == 'resnet50':
       model.backbone = 'resnet50'
       model.head_hidden = (512,)

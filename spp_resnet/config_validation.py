@@ -162,6 +162,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'model.backbone', tuple(sorted(BACKBONES)))
   _choice(config, 'model.variant', ('v1', 'v1.5'))
   _choice(config, 'model.pooling', ('spp', 'gap'))
+  ibn = model.get('ibn', '')
+  _require(ibn in ('', 'a', 'b'), 'model.ibn',
+           "must be '' (BatchNorm only), 'a' or 'b' (IBN-Net's layouts)", ibn)
+  _require(not ibn or model.backbone.startswith('resnet'), 'model.ibn',
+           f'is built for the ResNets only, not {model.backbone!r}', ibn)
+  _require(not ibn or config.pretrained.source in ('', 'ssl'), 'model.ibn',
+           "has no ImageNet weights: set config.pretrained.source='' (from scratch) or 'ssl'",
+           ibn)
   _choice(config, 'model.spp_mode', ('max', 'avg'))
   _choice(config, 'model.compute_dtype', tuple(COMPUTE_DTYPES))
   levels = tuple(model.spp_levels)

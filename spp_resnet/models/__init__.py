@@ -51,8 +51,12 @@ def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int,
     raise ValueError(f'config.model.compute_dtype: {model_config.compute_dtype!r} is not '
                      f'one of {sorted(COMPUTE_DTYPES)}')
   dtype = COMPUTE_DTYPES[model_config.compute_dtype]
+  ibn = model_config.get('ibn', '')  # runs from before the field have none
+  if ibn and not model_config.backbone.startswith('resnet'):
+    raise ValueError(f'config.model.ibn={ibn!r}: instance normalization (IBN-Net) is '
+                     f'built for the ResNets only, not {model_config.backbone!r}')
   backbone = BACKBONES[model_config.backbone](
-      variant=model_config.variant, dtype=dtype, rngs=rngs)
+      variant=model_config.variant, dtype=dtype, rngs=rngs, **({'ibn': ibn} if ibn else {}))
   return Classifier(
       backbone, num_classes=num_classes, pooling=model_config.pooling,
       spp_levels=tuple(model_config.spp_levels), spp_mode=model_config.spp_mode,

@@ -8,6 +8,17 @@
 Padding is explicit and symmetric in both, as in the reference frameworks (XLA's 'SAME'
 pads strided convolutions asymmetrically, which would not match converted weights).
 
+`ibn` adds instance normalization as IBN-Net does (Pan et al., ECCV 2018, "Two at Once:
+Enhancing Learning and Generalization Capacities via IBN-Net"; the layout of the authors'
+`resnet_ibn.py`). Instance normalization removes each image's own feature statistics
+(contrast, brightness, a scanner's intensity profile) in the early layers, where they
+mostly carry the site's appearance; BatchNorm keeps the rest discriminative.
+- 'a': the first normalization of every block of stages 1-3 normalizes half its
+       channels per instance and half per batch.
+- 'b': instance normalization replaces the stem's BatchNorm and follows the residual
+       sum of the last block of stages 1 and 2.
+There are no ImageNet weights for these layouts here: from scratch (or SSL) only.
+
 The attribute names (stem_conv, stages[i][j].conv1, ..., proj_conv) are the contract of
 the weight converters in `spp_resnet.weights`.
 """
@@ -24,6 +35,7 @@ from spp_resnet.models import layers as layers_lib
 from spp_resnet.models import ops
 
 Variant = Literal['v1', 'v1.5']
+IBN_LAYOUTS = ('', 'a', 'b')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,45 +70,78 @@ class _Layers:
         kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
         conv_general_dilated=ops.conv_general_dilated, dtype=self.dtype, rngs=self.rngs)
 
+  @property
+  def epsilon(self):
+    return 1.001e-5 if self.variant == 'v1' else 1e-5
+
   def bn(self, features, zero_scale=False):
-    v1 = self.variant == 'v1'
     return nnx.BatchNorm(
-        features, epsilon=1.001e-5 if v1 else 1e-5, momentum=0.99 if v1 else 0.9,
+        features, epsilon=self.epsilon, momentum=0.99 if self.variant == 'v1' else 0.9,
         scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
         dtype=self.dtype, rngs=self.rngs)
+
+  def instance_norm(self, features):
+    return InstanceNorm(features, epsilon=self.epsilon, dtype=self.dtype, rngs=self.rngs)
+
+  def ibn(self, features):
+    return InstanceBatchNorm(features, self)
+
+
+class InstanceNorm(nnx.InstanceNorm):
+  """Instance normalization called like BatchNorm (no running statistics to switch)."""
+
+  def __call__(self, x, *, use_running_average: bool | None = None):
+    del use_running_average
+    return super().__call__(x)
+
+
+class InstanceBatchNorm(nnx.Module):
+  """IBN-Net's IBN layer: the first half of the channels normalized per instance, the
+  rest by BatchNorm."""
+
+  def __init__(self, features: int, layers: _Layers):
+    self.split = features // 2
+    self.instance = layers.instance_norm(self.split)
+    self.batch = layers.bn(features - self.split)
+
+  def __call__(self, x, *, use_running_average: bool):
+    return jnp.concatenate(
+        [self.instance(x[..., :self.split]),
+         self.batch(x[..., self.split:], use_running_average=use_running_average)], axis=-1)
 
 
 class BasicBlock(nnx.Module):
   """Two 3x3 convs (ResNet-18/34)."""
   expansion = 1
 
-  def __init__(self, cin: int, width: int, stride: int, layers: _Layers):
+  def __init__(self, cin: int, width: int, stride: int, layers: _Layers, ibn: str = ''):
     self.conv1 = layers.conv(cin, width, 3, stride)
-    self.bn1 = layers.bn(width)
+    self.bn1 = layers.ibn(width) if ibn == 'a' else layers.bn(width)
     self.conv2 = layers.conv(width, width, 3)
     self.bn2 = layers.bn(width)
     self.has_proj = stride != 1 or cin != width
     if self.has_proj:
       self.proj_conv = layers.conv(cin, width, 1, stride)
       self.proj_bn = layers.bn(width)
+    self.sum_norm = layers.instance_norm(width) if ibn == 'b' else None
 
   def __call__(self, x, *, train: bool):
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
     y = self.bn2(self.conv2(y), use_running_average=not train)
     if self.has_proj:
       x = self.proj_bn(self.proj_conv(x), use_running_average=not train)
-    return nnx.relu(x + y)
+    return nnx.relu(_normalize_sum(self.sum_norm, x + y))
 
 
 class Bottleneck(nnx.Module):
   """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152)."""
   expansion = 4
 
-  def __init__(self, cin: int, width: int, stride: int, layers: _Layers):
+  def __init__(self, cin: int, width: int, stride: int, layers: _Layers, ibn: str = ''):
     stride_1x1, stride_3x3 = (stride, 1) if layers.variant == 'v1' else (1, stride)
     cout = width * self.expansion
     self.conv1 = layers.conv(cin, width, 1, stride_1x1)
-    self.bn1 = layers.bn(width)
+    self.bn1 = layers.ibn(width) if ibn == 'a' else layers.bn(width)
     self.conv2 = layers.conv(width, width, 3, stride_3x3)
     self.bn2 = layers.bn(width)
     self.conv3 = layers.conv(width, cout, 1)
@@ -105,6 +150,7 @@ class Bottleneck(nnx.Module):
     if self.has_proj:
       self.proj_conv = layers.conv(cin, cout, 1, stride)
       self.proj_bn = layers.bn(cout)
+    self.sum_norm = layers.instance_norm(cout) if ibn == 'b' else None
 
   def __call__(self, x, *, train: bool):
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -112,7 +158,20 @@ class Bottleneck(nnx.Module):
     y = self.bn3(self.conv3(y), use_running_average=not train)
     if self.has_proj:
       x = self.proj_bn(self.proj_conv(x), use_running_average=not train)
-    return nnx.relu(x + y)
+    return nnx.relu(_normalize_sum(self.sum_norm, x + y))
+
+
+def _normalize_sum(norm: InstanceNorm | None, x):
+  return x if norm is None else norm(x)
+
+
+def _block_ibn(ibn: str, stage: int, block: int, num_blocks: int) -> str:
+  """The IBN-Net layout of a block: 'a' in stages 1-3; 'b' on stages 1-2's last block."""
+  if ibn == 'a' and stage < 3:
+    return 'a'
+  if ibn == 'b' and stage < 2 and block == num_blocks - 1:
+    return 'b'
+  return ''
 
 
 class ResNet(layers_lib.Backbone):
@@ -122,24 +181,26 @@ class ResNet(layers_lib.Backbone):
   """
 
   def __init__(self, depth: int, variant: Variant = 'v1.5', *, in_channels: int = 3,
-               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+               ibn: str = '', dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
     if depth not in RESNET_SPECS:
       raise ValueError(f'ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}')
     if variant not in layers_lib.RESNET_VARIANTS:
       raise ValueError(f"ResNet variant must be 'v1' or 'v1.5', got {variant!r}")
-    self.depth, self.variant = depth, variant
+    if ibn not in IBN_LAYOUTS:
+      raise ValueError(f"ResNet ibn (config.model.ibn) must be '', 'a' or 'b', got {ibn!r}")
+    self.depth, self.variant, self.ibn = depth, variant, ibn
     self.arch = f'resnet{depth}'
     spec = RESNET_SPECS[depth]
     block_cls = Bottleneck if spec.block == 'bottleneck' else BasicBlock
     layers = _Layers(variant, dtype, rngs)
     self.stem_conv = layers.conv(in_channels, 64, 7, 2)
-    self.stem_bn = layers.bn(64)
+    self.stem_bn = layers.instance_norm(64) if ibn == 'b' else layers.bn(64)
     cin, stages = 64, []
     for i, (num_blocks, width) in enumerate(zip(spec.stage_sizes, STAGE_WIDTHS)):
       blocks = []
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        blocks.append(block_cls(cin, width, stride, layers))
+        blocks.append(block_cls(cin, width, stride, layers, _block_ibn(ibn, i, j, num_blocks)))
         cin = width * block_cls.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
