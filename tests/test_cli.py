@@ -47,6 +47,8 @@ def test_the_last_override_of_a_field_wins():
     ('model.pooling', 'mean', "must be one of 'spp', 'gap'"),
     ('model.spp_levels', (1, 0, 8), 'must be positive integers'),
     ('model.dropout', 1.0, 'must be in [0, 1)'),
+    ('model.ibn', 'c', "must be '' (BatchNorm only), 'a' or 'b'"),
+    ('model.ibn', 'a', "has no ImageNet weights: set config.pretrained.source=''"),
     ('optimizer.learning_rate', -1e-4, 'must be > 0'),
     ('optimizer.name', 'lamb', "must be one of 'sgd', 'adam'"),
     ('pretrained.source', 'imagenet', "must be one of ''"),

@@ -188,3 +188,64 @@ def test_frozen_stage_count_matches_the_frozen_parameters():
     stages = {int(n[2]) for n in names if n[1] == 'stages' and frozen(n, None)}
     stem = any(str(n[1]).startswith('stem') and frozen(n, None) for n in names)
     assert stem == (count >= 1) and stages == set(range(max(0, count - 1)))
+
+
+# IBN-Net (Pan et al., 2018). Parameter counts of the authors' resnet*_ibn_* without fc:
+# 'a' splits BatchNorms into an instance and a batch half, so it keeps ResNet's count; 'b'
+# adds the affine instance norms after stages 1-2's last residual sum (2 x channels each).
+@pytest.mark.parametrize('depth,ibn,expected', [
+    (18, 'a', 11_176_512), (18, 'b', 11_176_512 + 2 * (64 + 128)),
+    (50, 'a', 23_508_032), (50, 'b', 23_508_032 + 2 * (256 + 512)),
+])
+def test_ibn_parameter_counts(depth, ibn, expected):
+  model = nnx.eval_shape(lambda: ResNet(depth, 'v1.5', ibn=ibn, rngs=nnx.Rngs(0)))
+  assert num_params(model) == expected
+
+
+def test_ibn_layouts_follow_ibn_net():
+  from spp_resnet.models import resnet
+  a = nnx.eval_shape(lambda: ResNet(50, 'v1.5', ibn='a', rngs=nnx.Rngs(0)))
+  b = nnx.eval_shape(lambda: ResNet(50, 'v1.5', ibn='b', rngs=nnx.Rngs(0)))
+  mixed = [[isinstance(block.bn1, resnet.InstanceBatchNorm) for block in stage]
+           for stage in a.stages]
+  assert mixed == [[True] * 3, [True] * 4, [True] * 6, [False] * 3]
+  assert a.stages[0][0].bn1.split == 32 and isinstance(a.stem_bn, nnx.BatchNorm)
+  after_sum = [[block.sum_norm is not None for block in stage] for stage in b.stages]
+  assert after_sum == [[False, False, True], [False] * 3 + [True], [False] * 6, [False] * 3]
+  assert isinstance(b.stem_bn, resnet.InstanceNorm)
+  assert all(block.sum_norm is None for stage in a.stages for block in stage)
+  with pytest.raises(ValueError, match="ibn .* must be '', 'a' or 'b'"):
+    ResNet(18, 'v1.5', ibn='c', rngs=nnx.Rngs(0))
+
+
+def test_instance_batch_norm_normalizes_half_per_image_half_per_batch():
+  from spp_resnet.models import resnet
+  layers = resnet._Layers('v1.5', None, nnx.Rngs(0))
+  norm = resnet.InstanceBatchNorm(6, layers)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (4, 5, 5, 6))) * 3 + 1
+  y = np.asarray(norm(jnp.asarray(x), use_running_average=False))
+
+  def normalize(v, axes):
+    return (v - v.mean(axes, keepdims=True)) / np.sqrt(v.var(axes, keepdims=True) + 1e-5)
+
+  np.testing.assert_allclose(y[..., :3], normalize(x[..., :3], (1, 2)), atol=1e-4)
+  np.testing.assert_allclose(y[..., 3:], normalize(x[..., 3:], (0, 1, 2)), atol=1e-4)
+  # The instance half ignores an image's own brightness and contrast; the batch half not.
+  x2 = x.copy()
+  x2[0] = 5 * x2[0] + 2
+  y2 = np.asarray(norm(jnp.asarray(x2), use_running_average=False))
+  np.testing.assert_allclose(y2[..., :3], y[..., :3], atol=1e-4)
+  assert not np.allclose(y2[1:, ..., 3:], y[1:, ..., 3:], atol=1e-2)
+
+
+def test_ibn_b_stem_ignores_each_images_contrast():
+  """The instance-normalized stem (v1.5: convolutions without bias) maps an image and the
+  same image at 4x the contrast to the same activations (up to the epsilon in the
+  variance); BatchNorm's stem does not."""
+  x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  brighter = x.at[0].multiply(4.0)
+  for ibn, invariant in (('b', True), ('', False)):
+    model = ResNet(18, 'v1.5', ibn=ibn, rngs=nnx.Rngs(0))
+    same = np.allclose(model.stem(x, train=True), model.stem(brighter, train=True),
+                       atol=1e-2)
+    assert same == invariant, ibn

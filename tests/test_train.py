@@ -310,3 +310,20 @@ def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path):
   assert 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       'error: --workdir=/proc/spp_resnet_run is not writable (')
+
+
+@pytest.mark.slow
+def test_an_ibn_resnet_trains_and_restores_to_the_same_predictions(tmp_path):
+  """IBN-Net's instance norms (model.ibn) go through training, the checkpoint and the
+  restored model; its parameters are the ones the checkpoint holds."""
+  from spp_resnet.training import restore
+  workdir = tmp_path / 'ibn'
+  run_main(workdir, *SMALL, '--config.model.ibn=b')
+  last = read_metrics(workdir)[-1]
+  assert np.isfinite(last['train/loss'])
+  result = restore.evaluate_checkpoint(str(workdir))
+  for key in ('accuracy', 'roc_auc', 'loss'):
+    assert result.metrics[key] == last[f'test/{key}'], key
+  params = flat(final_state(workdir)[1]['params'])
+  assert any('sum_norm' in key for key in params) and any("'stem_bn']['scale'" in key
+                                                          for key in params)
