@@ -74,6 +74,12 @@ seeds 0-2 retrained with the fix: 0.925 on Bohaju, 0.809 on Bhuvaji. At this con
 own 128 px (seeds 0-2): 0.924 on Bohaju (8 epochs), validation 0.962; but 0.755 on
 Bhuvaji from the Bohaju sample, where 64 px did better. Mixup alpha 1.0: worse in both
 directions.
+
+`ibn_a` / `ibn_b` (instance normalization as IBN-Net, model.ibn) on top of the
+recommended model, same CPU scale (docs/results.md, "Instance normalization"): worse on
+the other source both ways (layout 'a': -0.043 [-0.070, -0.020] on Bohaju, -0.073 on
+Bhuvaji; 'b': Bhuvaji at chance) though better on Bhuvaji's own validation (0.967
+against 0.950). Not adopted.
 """
 
 from configs import default
