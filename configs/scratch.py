@@ -79,7 +79,9 @@ directions.
 recommended model, same CPU scale (docs/results.md, "Instance normalization"): worse on
 the other source both ways (layout 'a': -0.043 [-0.070, -0.020] on Bohaju, -0.073 on
 Bhuvaji; 'b': Bhuvaji at chance) though better on Bhuvaji's own validation (0.967
-against 0.950). Not adopted.
+against 0.950). Not adopted. `gap` (global average pooling instead of SPP) on the same
+model: the same in distribution, worse on the other source both ways (-0.064 and
+-0.075; docs/results.md, "SPP against global pooling").
 """
 
 from configs import default
