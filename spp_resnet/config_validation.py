@@ -162,8 +162,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'model.backbone', tuple(sorted(BACKBONES)))
   _choice(config, 'model.variant', ('v1', 'v1.5'))
   _choice(config, 'model.pooling', ('spp', 'gap'))
+  from spp_resnet.models.resnet import IBN_LAYOUTS  # pylint: disable=g-import-not-at-top
   ibn = model.get('ibn', '')
-  _require(ibn in ('', 'a', 'b'), 'model.ibn',
+  _require(ibn in IBN_LAYOUTS, 'model.ibn',
            "must be '' (BatchNorm only), 'a' or 'b' (IBN-Net's layouts)", ibn)
   _require(not ibn or model.backbone.startswith('resnet'), 'model.ibn',
            f'is built for the ResNets only, not {model.backbone!r}', ibn)

@@ -190,9 +190,9 @@ def test_frozen_stage_count_matches_the_frozen_parameters():
     assert stem == (count >= 1) and stages == set(range(max(0, count - 1)))
 
 
-# IBN-Net (Pan et al., 2018). Parameter counts of the authors' resnet*_ibn_* without fc:
-# 'a' splits BatchNorms into an instance and a batch half, so it keeps ResNet's count; 'b'
-# adds the affine instance norms after stages 1-2's last residual sum (2 x channels each).
+# IBN-Net (Pan et al., 2018), parameter counts as its layouts imply: 'a' splits
+# BatchNorms into an instance and a batch half, both affine, so it keeps ResNet's count;
+# 'b' adds the affine instance norms after stages 1-2's last residual sum (2 x channels).
 @pytest.mark.parametrize('depth,ibn,expected', [
     (18, 'a', 11_176_512), (18, 'b', 11_176_512 + 2 * (64 + 128)),
     (50, 'a', 23_508_032), (50, 'b', 23_508_032 + 2 * (256 + 512)),
