@@ -188,7 +188,7 @@ class ResNet(layers_lib.Backbone):
       raise ValueError(f"ResNet variant must be 'v1' or 'v1.5', got {variant!r}")
     if ibn not in IBN_LAYOUTS:
       raise ValueError(f"ResNet ibn (config.model.ibn) must be '', 'a' or 'b', got {ibn!r}")
-    self.depth, self.variant, self.ibn = depth, variant, ibn
+    self.depth, self.variant = depth, variant
     self.arch = f'resnet{depth}'
     spec = RESNET_SPECS[depth]
     block_cls = Bottleneck if spec.block == 'bottleneck' else BasicBlock
